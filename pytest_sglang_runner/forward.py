@@ -1,0 +1,162 @@
+"""Token lists (or texts) in, logits / hidden states / embeddings out: no ScheduleBatch plumbing.
+
+`Forward` packs a batch the way SGLang's scheduler would (through the version adapter), runs
+it on the ModelRunner, splits the packed output back into one tensor per sequence, and gives
+the KV slots back. `prepare` / `run` / `release` keep a packed batch alive so it can be run
+again (MeZO runs one batch twice per step); only one prepared batch lives at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from . import sglang_compat
+
+Inputs = "str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]"
+
+
+@dataclass
+class ForwardResult:
+    """One batch's outputs; per-token tensors are packed in batch order, `offsets` mark each sequence."""
+
+    lengths: list[int]
+    packed_logits: Any = None  # [total_tokens, vocab]: per-token logits (masked LMs)
+    packed_hidden_states: Any = None  # [total_tokens, hidden]
+    next_token_logits: Any = None  # [batch, vocab]: last-position logits (generative models)
+    embeddings: Any = None  # [batch, dim]: pooled output (embedding / classification models)
+    raw: Any = field(default=None, repr=False)  # what the model returned
+
+    @property
+    def offsets(self) -> list[int]:
+        starts, total = [], 0
+        for length in self.lengths:
+            starts.append(total)
+            total += length
+        return starts
+
+    def _split(self, packed):
+        if packed is None:
+            return None
+        return [packed[start : start + length] for start, length in zip(self.offsets, self.lengths)]
+
+    @property
+    def logits(self):
+        """Per-sequence ``[len_i, vocab]`` logits, or None when the model gives only last-token logits."""
+        return self._split(self.packed_logits)
+
+    @property
+    def hidden_states(self):
+        """Per-sequence ``[len_i, hidden]`` hidden states (generative models: ask `prepare(..., hidden_states=True)`)."""
+        return self._split(self.packed_hidden_states)
+
+
+def _interpret(raw: Any, lengths: list[int]) -> ForwardResult:
+    result = ForwardResult(lengths=lengths, raw=raw)
+    if hasattr(raw, "next_token_logits"):  # LogitsProcessorOutput
+        result.next_token_logits = raw.next_token_logits
+        result.packed_hidden_states = getattr(raw, "hidden_states", None)
+    elif hasattr(raw, "logits") and hasattr(raw, "hidden_states"):  # the kit's masked-LM output
+        result.packed_logits = raw.logits
+        result.packed_hidden_states = raw.hidden_states
+    elif hasattr(raw, "embeddings"):  # EmbeddingPoolerOutput
+        result.embeddings = raw.embeddings
+    else:
+        raise TypeError(f"unexpected model output {type(raw).__name__}; read ForwardResult.raw")
+    return result
+
+
+@dataclass
+class PreparedBatch:
+    token_lists: list[list[int]]
+    packed: Any
+    hidden_states: bool
+    released: bool = False
+
+
+class Forward:
+    """Runs batches on one ModelRunner; with TP, `mirror` replays each call on the other ranks."""
+
+    def __init__(self, runner, model_path: str | None = None, mirror: Callable[..., None] | None = None):
+        self.runner = runner
+        self.model_path = model_path or runner.model_config.model_path
+        self._mirror = mirror or (lambda *call: None)
+        self._tokenizer = None
+        self._live: PreparedBatch | None = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"the model at {self.model_path} has no usable tokenizer ({exc}); pass token ids") from None
+        return self._tokenizer
+
+    def token_lists(self, inputs) -> list[list[int]]:
+        """Normalise a text, texts, one token list or token lists into token lists."""
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        inputs = list(inputs)
+        if not inputs:
+            raise ValueError("empty batch: pass at least one text or token list")
+        if all(isinstance(item, int) for item in inputs):
+            inputs = [inputs]
+        lists = []
+        for item in inputs:
+            ids = self.tokenizer(item)["input_ids"] if isinstance(item, str) else [int(t) for t in item]
+            if not ids:
+                raise ValueError("empty sequence in batch: every sequence needs at least one token")
+            lists.append(ids)
+        return lists
+
+    def prepare(self, inputs, hidden_states: bool = False) -> PreparedBatch:
+        """Allocate KV slots and pack the batch; it can then be `run` any number of times."""
+        if self._live is not None:
+            raise RuntimeError("a prepared batch is still alive: release() it before preparing another")
+        token_lists = self.token_lists(inputs)
+        self._mirror("prepare", token_lists, hidden_states)
+        packed = sglang_compat.pack_batch(self.runner, token_lists, capture_hidden=hidden_states)
+        self._live = PreparedBatch(token_lists, packed, hidden_states)
+        return self._live
+
+    def run(self, prepared: PreparedBatch) -> ForwardResult:
+        if prepared.released:
+            raise RuntimeError("this prepared batch was released; prepare it again")
+        import torch
+
+        self._mirror("run")
+        with torch.no_grad():
+            raw = sglang_compat.run_packed(self.runner, prepared.packed)
+        return _interpret(raw, [len(ids) for ids in prepared.token_lists])
+
+    def release(self, prepared: PreparedBatch | None = None) -> None:
+        """Give the batch's KV slots back (idempotent)."""
+        target = prepared or self._live
+        if target is None or target.released:
+            return
+        self._mirror("release")
+        sglang_compat.free_kv(self.runner)
+        target.released = True
+        if self._live is target:
+            self._live = None
+
+    def __call__(self, inputs, hidden_states: bool = False) -> ForwardResult:
+        prepared = self.prepare(inputs, hidden_states=hidden_states)
+        try:
+            return self.run(prepared)
+        finally:
+            self.release(prepared)
+
+    def logits(self, inputs):
+        """Per-token logits per sequence (masked LMs), else last-token logits ``[batch, vocab]``."""
+        result = self(inputs)
+        return result.logits if result.packed_logits is not None else result.next_token_logits
+
+    def hidden_states(self, inputs):
+        return self(inputs, hidden_states=True).hidden_states
+
+    def embeddings(self, inputs):
+        return self(inputs).embeddings

@@ -1,0 +1,336 @@
+"""Build one ModelRunner per process in the right order, and take everything down again.
+
+`RunnerFactory` owns at most one live runner (SGLang allows one per process): `get(spec)`
+returns it when the spec matches and otherwise tears it down and builds the new one. The build
+order is: model directory, device, process environment, SGLang import and API check, ports,
+ServerArgs, TP peer processes, then the adapter's bootstrap. `teardown` is the single cleanup
+path, used after a test session, before a rebuild, and when a build fails half-way: release
+the KV pool, stop the TP peers, destroy the groups and the process group, reset SGLang's
+published context, free memory, release the ports.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import multiprocessing
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import devices, ports, sglang_compat
+from .forward import Forward
+from .options import RunnerSpec, SpecError
+
+PEER_START_TIMEOUT_S = 300.0
+
+
+class RunnerBuildError(RuntimeError):
+    """Building the runner failed; everything it had set up was torn down again."""
+
+
+@dataclass
+class BuildRecord:
+    """What the terminal summary reports about one build."""
+
+    model: str
+    device: str
+    sglang_version: str
+    api: str
+    seconds: float
+
+
+@dataclass
+class LiveRunner:
+    """A built runner and everything that must go away with it."""
+
+    spec: RunnerSpec
+    model_runner: Any
+    forward: Forward
+    model_path: str
+    device: str
+    gpu_ids: list[int]
+    reservations: list[ports.PortReservation]
+    peers: "RankPeers | None"
+    record: BuildRecord
+
+    @property
+    def ports(self) -> list[int]:
+        return [r.port for r in self.reservations]
+
+
+def resolve_model_path(spec: RunnerSpec, cache_root: Path) -> str:
+    """A local model directory: the embedded model, the given directory, or a cached hub snapshot."""
+    if spec.uses_embedded_model:
+        from .models.embedded import ensure_embedded_model
+
+        return str(ensure_embedded_model(cache_root))
+    if os.path.isdir(spec.model):
+        return spec.model
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(spec.model, local_files_only=True)
+    except Exception:
+        raise RunnerBuildError(
+            f"--sglang-model {spec.model}: not a local directory and not in the local Hugging Face cache "
+            "(tests never download weights); pass a model directory, e.g. one written by save_pretrained"
+        ) from None
+
+
+def _architectures(model_path: str) -> list[str]:
+    try:
+        return list(json.loads((Path(model_path) / "config.json").read_text()).get("architectures") or [])
+    except (OSError, ValueError):
+        return []
+
+
+def server_args_kwargs(spec: RunnerSpec, model_path: str, device: str, dist_port: int, server_port: int) -> dict:
+    """ServerArgs for a test runner: small KV pool, no prefix cache, no CUDA graphs, fixed ports."""
+    from .models import KIT_ARCHITECTURES
+
+    kwargs: dict[str, Any] = dict(
+        model_path=model_path,
+        tokenizer_path=model_path,
+        device=device,
+        dtype=spec.dtype,
+        tp_size=spec.tp,
+        attention_backend=spec.attention_backend or ("triton" if device == "cuda" else "torch_native"),
+        max_total_tokens=spec.max_total_tokens,
+        disable_radix_cache=True,
+        disable_cuda_graph=True,
+        nccl_port=dist_port,
+        port=server_port,
+        random_seed=0,
+        skip_server_warmup=True,
+    )
+    if device == "cpu":
+        kwargs["sampling_backend"] = "pytorch"
+    if spec.mem_fraction is not None:
+        kwargs["mem_fraction_static"] = spec.mem_fraction
+    if any(arch in KIT_ARCHITECTURES for arch in _architectures(model_path)):
+        kwargs["is_embedding"] = True
+    kwargs.update(sglang_compat.typed_server_args(dict(spec.server_args)))
+    return kwargs
+
+
+def _build_rank(spec: RunnerSpec, kwargs: dict, rank: int, gpu_id: int, dist_port: int, device: str):
+    from .models import register_kit_models
+
+    register_kit_models()
+    server_args = sglang_compat.make_server_args(**kwargs)
+    return sglang_compat.build_model_runner(server_args, tp_rank=rank, gpu_id=gpu_id, dist_port=dist_port, device=device)
+
+
+def _serve_rank(conn, spec: RunnerSpec, kwargs: dict, rank: int, gpu_id: int, dist_port: int, device: str) -> None:
+    """Body of a TP peer process: build rank `rank`, then replay rank 0's forward calls until told to close."""
+    sglang_compat.prepare_process(device, spec.tp)
+    sglang_compat.import_sglang()
+    forward = None
+    try:
+        runner = _build_rank(spec, kwargs, rank, gpu_id, dist_port, device)
+        forward = Forward(runner, model_path=kwargs["model_path"])
+        conn.send(("ready", None))
+        while True:
+            command, *args = conn.recv()
+            if command == "prepare":
+                prepared = forward.prepare(args[0], hidden_states=args[1])
+            elif command == "run":
+                forward.run(prepared)
+            elif command == "release":
+                forward.release()
+            elif command == "close":
+                sglang_compat.barrier()
+                break
+    except BaseException:
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except OSError:
+            pass
+    finally:
+        if forward is not None:
+            forward.release()
+        try:
+            sglang_compat.destroy_distributed_state()
+        finally:
+            conn.close()
+
+
+class RankPeers:
+    """The TP ranks 1..tp-1 of a runner, each in its own spawned process."""
+
+    def __init__(self, spec: RunnerSpec, kwargs: dict, gpu_ids: list[int], dist_port: int, device: str):
+        context = multiprocessing.get_context("spawn")  # never changes the global start method
+        self.processes = []
+        self.conns = []
+        for rank in range(1, spec.tp):
+            parent, child = context.Pipe()
+            process = context.Process(
+                target=_serve_rank,
+                args=(child, spec, kwargs, rank, gpu_ids[rank], dist_port, device),
+                name=f"sglang-tp-rank-{rank}",
+                daemon=True,
+            )
+            process.start()
+            child.close()
+            self.processes.append(process)
+            self.conns.append(parent)
+
+    def wait_ready(self) -> None:
+        for rank, conn in enumerate(self.conns, start=1):
+            if not conn.poll(PEER_START_TIMEOUT_S):
+                raise RunnerBuildError(f"TP rank {rank} did not finish building within {PEER_START_TIMEOUT_S:.0f} s")
+            status, detail = conn.recv()
+            if status != "ready":
+                raise RunnerBuildError(f"TP rank {rank} failed to build:\n{detail}")
+
+    def mirror(self, *call) -> None:
+        for conn in self.conns:
+            conn.send(call)
+
+    def request_close(self) -> None:
+        """Ask every peer to leave its loop; each then waits at a barrier for rank 0."""
+        for conn in self.conns:
+            try:
+                conn.send(("close",))
+            except (OSError, BrokenPipeError):
+                pass
+
+    def join(self, timeout: float = 30.0) -> None:
+        for process in self.processes:
+            process.join(timeout)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+        for conn in self.conns:
+            conn.close()
+        self.processes, self.conns = [], []
+
+
+def teardown(live: LiveRunner | None = None, *, peers: RankPeers | None = None, reservations=(), device: str = "cpu") -> None:
+    """The one cleanup path: safe on a half-built runner, and when parts are already gone."""
+    errors = []
+    if live is not None:
+        peers, reservations, device = live.peers, live.reservations, live.device
+        try:
+            live.forward.release()
+        except Exception as exc:  # keep tearing down
+            errors.append(exc)
+        if peers is not None:
+            peers.request_close()
+            sglang_compat.barrier()  # meets the peers' barrier, so no rank destroys groups mid-collective
+    if peers is not None:
+        peers.join(timeout=30.0 if live is not None else 0.0)  # a half-built peer cannot finish: kill it
+    try:
+        sglang_compat.destroy_distributed_state()
+    except Exception as exc:
+        errors.append(exc)
+    if live is not None:
+        live.model_runner = None
+        live.forward.runner = None
+    gc.collect()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    for reservation in reservations:
+        reservation.release()
+    if errors:
+        raise errors[0]
+
+
+@dataclass
+class RunnerFactory:
+    """Owns this process's runner: built on first use, rebuilt when the spec changes, closed once."""
+
+    default_spec: RunnerSpec
+    cache_root: Path
+    worker_index: int = 0
+    records: list[BuildRecord] = field(default_factory=list)
+    _live: LiveRunner | None = None
+    _failed: dict = field(default_factory=dict)
+    _hf_models: dict = field(default_factory=dict)
+
+    def spec_for(self, **overrides: Any) -> RunnerSpec:
+        return self.default_spec.with_overrides(**overrides) if overrides else self.default_spec
+
+    @property
+    def live(self) -> LiveRunner | None:
+        return self._live
+
+    def get(self, spec: RunnerSpec | None = None, **overrides: Any) -> LiveRunner:
+        """The live runner for `spec` (default spec plus overrides), building it if needed."""
+        spec = spec or self.spec_for(**overrides)
+        if self._live is not None and self._live.spec == spec:
+            return self._live
+        if spec in self._failed:  # fail fast instead of rebuilding for every test
+            raise RunnerBuildError(self._failed[spec])
+        self.close()
+        try:
+            self._live = self._build(spec)
+        except (SpecError, RunnerBuildError, sglang_compat.UnsupportedSGLang) as exc:
+            self._failed[spec] = str(exc)
+            raise
+        return self._live
+
+    def close(self) -> None:
+        """Tear the live runner down (no-op when none is alive)."""
+        live, self._live = self._live, None
+        self._hf_models.clear()
+        if live is not None:
+            teardown(live)
+
+    def model_path(self, spec: RunnerSpec | None = None) -> str:
+        return resolve_model_path(spec or self.default_spec, self.cache_root)
+
+    def hf_model(self, model_path: str):
+        """The checkpoint in HF transformers with the architecture its config names (fp32, eval)."""
+        if model_path not in self._hf_models:
+            import torch
+            import transformers
+
+            architectures = _architectures(model_path) or ["AutoModel"]
+            model_class = getattr(transformers, architectures[0], transformers.AutoModel)
+            self._hf_models[model_path] = model_class.from_pretrained(model_path, dtype=torch.float32).eval()
+        return self._hf_models[model_path]
+
+    def _build(self, spec: RunnerSpec) -> LiveRunner:
+        started = time.perf_counter()
+        device = devices.resolve_device(spec.device)
+        gpu_ids = devices.gpu_ids_for_worker(self.worker_index, spec.tp) if device == "cuda" else [0] * spec.tp
+        model_path = resolve_model_path(spec, self.cache_root)
+        sglang_compat.prepare_process(device, spec.tp)
+        sglang_compat.import_sglang()
+        api = sglang_compat.detect_api()
+        reservations = ports.reserve_ports(2)
+        dist_port, server_port = (r.port for r in reservations)
+        peers = None
+        try:
+            kwargs = server_args_kwargs(spec, model_path, device, dist_port, server_port)
+            if spec.tp > 1:
+                peers = RankPeers(spec, kwargs, gpu_ids, dist_port, device)
+            runner = _build_rank(spec, kwargs, 0, gpu_ids[0], dist_port, device)
+            if peers is not None:
+                peers.wait_ready()
+        except SpecError:
+            teardown(peers=peers, reservations=reservations, device=device)
+            raise
+        except Exception as exc:
+            teardown(peers=peers, reservations=reservations, device=device)
+            raise RunnerBuildError(
+                f"building the SGLang runner failed ({spec.describe()}): {type(exc).__name__}: {exc}"
+            ) from exc
+        record = BuildRecord(
+            model=model_path,
+            device=device if device == "cpu" else f"cuda:{','.join(map(str, gpu_ids))}",
+            sglang_version=sglang_compat.installed_version(),
+            api=api,
+            seconds=time.perf_counter() - started,
+        )
+        self.records.append(record)
+        forward = Forward(runner, model_path=model_path, mirror=peers.mirror if peers else None)
+        return LiveRunner(spec, runner, forward, model_path, device, gpu_ids, reservations, peers, record)

@@ -1,0 +1,137 @@
+"""The embedded default model: a small RoBERTa masked LM the kit writes itself, offline.
+
+Same bytes every time for a given torch/transformers/tokenizers: the tokenizer is a byte-level
+BPE trained on a fixed word list, the weights come from one seeded generator. The checkpoint is
+what transformers' ``save_pretrained`` writes for a ``RobertaForMaskedLM``, so it loads both in
+HF and (through the kit's model class) in SGLang. `ensure_embedded_model` writes it once per
+test run under a file lock, so xdist workers share one copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+EMBEDDED_SEED = 20230617
+
+POSITIVE_WORDS = (
+    "good great wonderful excellent delightful brilliant superb charming moving beautiful "
+    "enjoyable amazing fantastic lovely touching clever funny warm gripping stunning"
+).split()
+NEGATIVE_WORDS = (
+    "bad terrible awful boring dull horrible dreadful poor weak tedious messy painful bland "
+    "lifeless annoying clumsy stale hollow silly forgettable"
+).split()
+NEUTRAL_WORDS = (
+    "the a an this that it its film movie story acting plot script ending music direction "
+    "characters cast scene scenes performance was is are and but very really quite so too "
+    "It was . , ! ? of in on with for to from as at by director actors camera year time"
+).split()
+SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+
+EMBEDDED_CONFIG = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    max_position_embeddings=130,  # 128 tokens + RoBERTa's padding_idx offset
+    type_vocab_size=1,
+    layer_norm_eps=1e-5,
+    hidden_act="gelu",
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+    position_embedding_type="absolute",  # transformers 5 dropped it; SGLang's roberta.py reads it
+)
+
+
+def _corpus() -> list[str]:
+    words = POSITIVE_WORDS + NEGATIVE_WORDS + NEUTRAL_WORDS
+    # Each word alone and after a space, many times, so BPE merges every word into one token.
+    lines = []
+    for _ in range(50):
+        lines.extend(words)
+        lines.append(" " + " ".join(words))
+    return lines
+
+
+def build_tokenizer(directory: Path):
+    """Train the byte-level BPE tokenizer and save it as a RoBERTa tokenizer in ``directory``."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(_corpus(), vocab_size=1000, min_frequency=1, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    directory.mkdir(parents=True, exist_ok=True)
+    bpe.save_model(str(directory))
+    tokenizer = RobertaTokenizerFast(
+        vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"), model_max_length=128
+    )
+    tokenizer.save_pretrained(str(directory))
+    return tokenizer
+
+
+def build_model(vocab_size: int, seed: int = EMBEDDED_SEED):
+    """A RobertaForMaskedLM with weights drawn from one seeded generator (independent of torch's global RNG)."""
+    import torch
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    config = RobertaConfig(vocab_size=vocab_size, architectures=["RobertaForMaskedLM"], **EMBEDDED_CONFIG)
+    model = RobertaForMaskedLM(config).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in sorted(model.state_dict().items()):
+            if not tensor.is_floating_point():
+                continue
+            noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
+            if "LayerNorm.weight" in name or "layer_norm.weight" in name:
+                tensor.copy_(1.0 + 0.1 * noise)
+            else:
+                tensor.copy_(0.05 * noise)
+    model.tie_weights()
+    return model
+
+
+def write_embedded_model(directory: Path) -> Path:
+    """Write tokenizer, config and safetensors weights into ``directory`` (created)."""
+    directory = Path(directory)
+    tokenizer = build_tokenizer(directory)
+    model = build_model(len(tokenizer))
+    model.save_pretrained(str(directory), safe_serialization=True)
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    config.update(position_embedding_type="absolute", architectures=["RobertaForMaskedLM"], torch_dtype="float32")
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    return directory
+
+
+def ensure_embedded_model(root: Path) -> Path:
+    """The embedded model under ``root``, written by the first process to get there (file-locked)."""
+    from filelock import FileLock
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / "embedded-roberta"
+    with FileLock(str(root / "embedded-roberta.lock")):
+        if not (target / "model.safetensors").is_file():
+            staging = root / "embedded-roberta.partial"
+            if staging.exists():
+                import shutil
+
+                shutil.rmtree(staging)
+            write_embedded_model(staging)
+            staging.rename(target)
+    return target
+
+
+def fingerprint(directory: Path) -> str:
+    """sha256 over the checkpoint's files, for 'same model' checks."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(directory).iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()

@@ -1,0 +1,185 @@
+"""The kit's settings: one table of options, and the `RunnerSpec` they resolve into.
+
+Every setting is a command-line option and an ini key of the same name (``--sglang-tp`` /
+``sglang_tp``). Precedence is explicit: marker or factory argument > command line > ini key >
+default. Bad values raise `SpecError`, which the plugin turns into a `pytest.UsageError` naming
+the option and the fix; nothing here imports SGLang or torch, so a pytest run that uses no
+runner pays nothing for the plugin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+DEVICES = ("auto", "cuda", "cpu")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+class SpecError(ValueError):
+    """A setting has a bad value; the message names the option and the fix."""
+
+
+def _choice(option: str, choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise SpecError(f"{option} {value!r}: expected one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _positive_int(option: str) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        try:
+            number = int(str(value))
+        except ValueError:
+            raise SpecError(f"{option} {value!r}: expected a whole number >= 1") from None
+        if number < 1:
+            raise SpecError(f"{option} {value!r}: expected a whole number >= 1")
+        return number
+
+    return parse
+
+
+def _fraction(option: str) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        try:
+            number = float(str(value))
+        except ValueError:
+            raise SpecError(f"{option} {value!r}: expected a number between 0 and 1, e.g. 0.3") from None
+        if not 0.0 < number < 1.0:
+            raise SpecError(f"{option} {value!r}: expected a number between 0 and 1, e.g. 0.3")
+        return number
+
+    return parse
+
+
+def _model(option: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip()
+        if not text or text == "embedded":
+            return ""
+        expanded = os.path.expanduser(text)
+        looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep + os.sep in text
+        if os.path.exists(expanded):
+            if not os.path.isdir(expanded) or not os.path.isfile(os.path.join(expanded, "config.json")):
+                raise SpecError(
+                    f"{option} {text!r}: not a model directory (no config.json inside); "
+                    "pass a directory saved by transformers' save_pretrained"
+                )
+            return os.path.abspath(expanded)
+        if looks_like_path:
+            raise SpecError(f"{option} {text!r}: no such directory; pass an existing model directory or a model id")
+        return text
+
+    return parse
+
+
+def _text(value: Any) -> str:
+    return str(value).strip()
+
+
+def parse_server_args(option: str, items: Any) -> dict[str, str]:
+    """``KEY=VALUE`` strings (or a mapping) into a dict; values are typed later, against ServerArgs."""
+    if isinstance(items, Mapping):
+        return {str(k): v for k, v in items.items()}
+    parsed: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = str(item).partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise SpecError(
+                f"{option} {item!r}: expected KEY=VALUE with a ServerArgs field name, e.g. {option} chunked_prefill_size=512"
+            )
+        parsed[key] = value.strip()
+    return parsed
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its RunnerSpec field, command-line flag, ini key, parser and help."""
+
+    field: str
+    help: str
+    parse: Callable[[Any], Any]
+    metavar: str = "VALUE"
+    repeatable: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--sglang-" + self.field.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "sglang_" + self.field
+
+
+def _option(name: str, help: str, make_parser: Callable[[str], Callable[[Any], Any]], **kw: Any) -> Option:
+    return Option(name, help, make_parser("--sglang-" + name.replace("_", "-")), **kw)
+
+
+OPTIONS: tuple[Option, ...] = (
+    _option("model", "model directory or id SGLang can resolve (default: the kit's embedded RoBERTa)", _model, metavar="PATH_OR_ID"),
+    _option("device", "auto (cuda when a GPU is visible), cuda or cpu", lambda o: _choice(o, DEVICES), metavar="DEVICE"),
+    _option("dtype", "model dtype: " + ", ".join(DTYPES), lambda o: _choice(o, DTYPES), metavar="DTYPE"),
+    _option("tp", "tensor-parallel size (ranks beyond 0 run in child processes)", _positive_int, metavar="N"),
+    _option("attention_backend", "SGLang attention backend (default: triton on CUDA, torch_native on CPU)", lambda o: _text, metavar="NAME"),
+    _option("mem_fraction", "fraction of GPU memory for weights and KV pool (SGLang's mem_fraction_static)", _fraction, metavar="F"),
+    _option("max_total_tokens", "KV pool size in tokens", _positive_int, metavar="N"),
+    _option("arg", "any other ServerArgs field, KEY=VALUE; repeatable", lambda o: lambda v: parse_server_args(o, v), metavar="KEY=VALUE", repeatable=True),
+)
+OPTIONS_BY_FIELD = {option.field: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """Everything that decides which runner gets built; equal specs share one runner."""
+
+    model: str = ""
+    device: str = "auto"
+    dtype: str = "auto"
+    tp: int = 1
+    attention_backend: str = ""
+    mem_fraction: float | None = None
+    max_total_tokens: int = 4096
+    server_args: tuple[tuple[str, Any], ...] = field(default=())
+
+    @property
+    def uses_embedded_model(self) -> bool:
+        return not self.model
+
+    def with_overrides(self, **overrides: Any) -> "RunnerSpec":
+        """A copy with marker/factory overrides applied; unknown keys go to ServerArgs."""
+        known = {f.name for f in dataclasses.fields(self)} - {"server_args"}
+        changes: dict[str, Any] = {}
+        extra = dict(self.server_args)
+        for key, value in overrides.items():
+            if key in ("arg", "server_args"):
+                extra.update(parse_server_args("sglang(server_args=...)", value))
+            elif key in known:
+                changes[key] = OPTIONS_BY_FIELD[key].parse(value)
+            else:
+                extra[key] = value
+        return dataclasses.replace(self, server_args=tuple(sorted(extra.items())), **changes)
+
+    def describe(self) -> str:
+        model = self.model or "embedded RoBERTa"
+        return f"model={model} device={self.device} dtype={self.dtype} tp={self.tp}"
+
+
+def spec_from_values(get: Callable[[Option], Any]) -> RunnerSpec:
+    """Build the spec from a getter that returns each option's raw value, or None when unset."""
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = get(option)
+        if raw is None or (option.repeatable and not raw):
+            continue
+        if option.repeatable:
+            values["server_args"] = tuple(sorted(option.parse(raw).items()))
+        else:
+            values[option.field] = option.parse(raw)
+    return RunnerSpec(**values)

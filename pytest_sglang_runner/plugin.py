@@ -1,0 +1,202 @@
+"""pytest hooks and fixtures: wiring only; the work is in `RunnerFactory` (lifecycle.py).
+
+The factory is built from the options in `pytest_configure`, its cleanup registered once, and
+the fixtures ask it for the runner of the current test's config (the `sglang` marker's
+overrides on top of the command line and ini file). Nothing imports SGLang or torch until a
+test asks for a runner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from . import devices
+from .lifecycle import LiveRunner, RunnerFactory
+from .options import OPTIONS, RunnerSpec, SpecError, spec_from_values
+
+factory_key = pytest.StashKey[RunnerFactory]()
+
+MARKERS = (
+    "sglang(**overrides): build this test's runner with these settings (RunnerSpec fields such as "
+    "tp=2, dtype='bfloat16', model=PATH, or any ServerArgs field)",
+    "gpu(n=1): skip unless at least n CUDA GPUs are visible",
+    "mezo_full: the MeZO paper setting (needs --sglang-model roberta-large and --sst2-dir)",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("sglang-runner", "SGLang ModelRunner fixtures (pytest-sglang-runner)")
+    for option in OPTIONS:
+        group.addoption(
+            option.flag,
+            dest=option.ini,
+            action="append" if option.repeatable else "store",
+            default=None,
+            metavar=option.metavar,
+            help=option.help,
+        )
+        parser.addini(option.ini, option.help, type="linelist" if option.repeatable else "string", default=None)
+    group.addoption("--sst2-dir", dest="sst2_dir", default=None, metavar="DIR", help="SST-2 data directory (GLUE TSV or MeZO k-shot layout)")
+    parser.addini("sst2_dir", "SST-2 data directory (GLUE TSV or MeZO k-shot layout)", default=None)
+
+
+def spec_from_config(config: pytest.Config) -> RunnerSpec:
+    """Command line over ini key over default."""
+
+    def value(option):
+        given = config.getoption(option.ini)
+        return given if given is not None else (config.getini(option.ini) or None)
+
+    return spec_from_values(value)
+
+
+def _check_server_args(spec: RunnerSpec) -> None:
+    """Unknown or mistyped --sglang-arg fields fail now, not as a traceback inside SGLang."""
+    if spec.server_args:
+        from .sglang_compat import typed_server_args
+
+        typed_server_args(dict(spec.server_args))
+
+
+def _xdist_workers(config: pytest.Config) -> int:
+    numprocesses = config.getoption("numprocesses", None) if config.pluginmanager.hasplugin("xdist") else None
+    return numprocesses if isinstance(numprocesses, int) else 0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
+    try:
+        spec = spec_from_config(config)
+        _check_server_args(spec)
+        if not hasattr(config, "workerinput") and _xdist_workers(config) > 0:
+            devices.check_gpus_suffice(spec.device, _xdist_workers(config), spec.tp)
+    except SpecError as exc:
+        raise pytest.UsageError(f"{exc}") from None
+    factory = RunnerFactory(spec, cache_root=Path(), worker_index=devices.xdist_worker_index())
+    config.stash[factory_key] = factory
+    config.add_cleanup(factory.close)
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistBuildReports(), "sglang-runner-xdist")
+
+
+def _marker_overrides(node) -> dict:
+    overrides: dict = {}
+    for marker in reversed(list(node.iter_markers("sglang"))):  # closest marker wins
+        if marker.args:
+            raise pytest.UsageError(f"{node.nodeid}: @pytest.mark.sglang takes keyword arguments only, e.g. sglang(tp=2)")
+        overrides.update(marker.kwargs)
+    return overrides
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run tests that share a runner config together, so each config is built once."""
+    items.sort(key=lambda item: repr(sorted(_marker_overrides(item).items())))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("gpu")
+    if marker is not None:
+        needed = marker.kwargs.get("n", marker.args[0] if marker.args else 1)
+        found = devices.cuda_device_count()
+        if found < needed:
+            pytest.skip(f"needs {needed} CUDA GPU(s), found {found}")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"sglang-runner: {config.stash[factory_key].default_spec.describe()}"
+
+
+def _build_lines(records) -> list[str]:
+    if not records:
+        return []
+    first = records[0]
+    seconds = ", ".join(f"{r['seconds']:.1f}" for r in records)
+    return [
+        f"sglang-runner: SGLang {first['sglang_version']} ({first['api']}), device {first['device']}, "
+        f"model {first['model']}, {len(records)} build(s) in {seconds} s"
+    ]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    if hasattr(config, "workeroutput"):
+        config.workeroutput["sglang_runner_builds"] = [dataclasses.asdict(r) for r in config.stash[factory_key].records]
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    records = [dataclasses.asdict(r) for r in config.stash[factory_key].records]
+    records += getattr(config, "_sglang_worker_builds", [])
+    for line in _build_lines(records):
+        terminalreporter.write_line(line)
+
+
+class XdistBuildReports:
+    """Collects the workers' build records on the controller for the summary line."""
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        builds = getattr(node, "workeroutput", {}).get("sglang_runner_builds", [])
+        config = node.config
+        config._sglang_worker_builds = getattr(config, "_sglang_worker_builds", []) + builds
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def runner_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> RunnerFactory:
+    """This process's RunnerFactory. Only one runner lives per process: `get()` with another
+    config tears the current runner down first."""
+    factory = request.config.stash[factory_key]
+    base = tmp_path_factory.getbasetemp()
+    factory.cache_root = base.parent if worker_id != "master" else base  # shared by xdist workers
+    return factory
+
+
+@pytest.fixture
+def sglang_live(request: pytest.FixtureRequest, runner_factory: RunnerFactory) -> LiveRunner:
+    """The live runner for this test's config, with its KV pool empty."""
+    try:
+        live = runner_factory.get(**_marker_overrides(request.node))
+    except SpecError as exc:
+        raise pytest.UsageError(f"{request.node.nodeid}: {exc}") from None
+    live.forward.release()
+    return live
+
+
+@pytest.fixture
+def runner(sglang_live: LiveRunner):
+    """A fully initialised SGLang ModelRunner; built once per process and config, reused by every test."""
+    return sglang_live.model_runner
+
+
+@pytest.fixture
+def sglang_forward(sglang_live: LiveRunner):
+    """Token lists or texts in, logits / hidden states / embeddings out (a `Forward`)."""
+    return sglang_live.forward
+
+
+@pytest.fixture
+def sglang_model_path(request: pytest.FixtureRequest, runner_factory: RunnerFactory) -> str:
+    """The local directory of this test's model (the embedded model is written on first use)."""
+    return runner_factory.model_path(runner_factory.spec_for(**_marker_overrides(request.node)))
+
+
+@pytest.fixture
+def hf_model(request: pytest.FixtureRequest, runner_factory: RunnerFactory, sglang_model_path: str):
+    """The same checkpoint in HF transformers (fp32, eval), for cross-checks; cached per model."""
+    return runner_factory.hf_model(sglang_model_path)
+
+
+@pytest.fixture
+def sst2_dir(request: pytest.FixtureRequest) -> Path | None:
+    """--sst2-dir / ini sst2_dir as a Path, or None when not given."""
+    value = request.config.getoption("sst2_dir") or request.config.getini("sst2_dir")
+    return Path(os.path.expanduser(value)) if value else None

@@ -1,0 +1,94 @@
+"""Free TCP ports that no other pytest process on this machine will hand out at the same time.
+
+SGLang's own pick (`PortArgs.init_new`: a random offset checked with a bind that is closed again)
+races between xdist workers and between concurrent pytest sessions. Here a port is taken only
+while its lock file in one machine-wide directory is held (``flock``), so two processes that
+both see the port free cannot both keep it. The lock dies with its process: a crashed run leaks
+no reservation. Ports this process has used once are never handed out again, so every runner
+build gets a fresh rendezvous port (reusing one races the old TCPStore).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+LOCK_DIR = Path(os.environ.get("PYTEST_SGLANG_PORT_LOCK_DIR", Path(tempfile.gettempdir()) / "pytest-sglang-runner-ports"))
+_used_in_this_process: set[int] = set()
+
+
+class PortReservation:
+    """One reserved port; `release()` (or the process ending) gives it back."""
+
+    def __init__(self, port: int, lock_fd: int):
+        self.port = port
+        self._lock_fd: int | None = lock_fd
+
+    @property
+    def held(self) -> bool:
+        return self._lock_fd is not None
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    def __repr__(self) -> str:
+        return f"PortReservation({self.port}, held={self.held})"
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _candidate() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def reserve_port(attempts: int = 200) -> PortReservation:
+    """Reserve a port that is free now, not locked by any other process, and new to this one."""
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    for _ in range(attempts):
+        port = _candidate()
+        if port in _used_in_this_process:
+            continue
+        fd = os.open(LOCK_DIR / f"{port}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                continue
+            raise
+        # Locked: check again that nobody bound it between the candidate pick and the lock.
+        if not _bindable(port):
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        _used_in_this_process.add(port)
+        return PortReservation(port, fd)
+    raise RuntimeError(f"no free TCP port found after {attempts} attempts (lock directory {LOCK_DIR})")
+
+
+def reserve_ports(count: int) -> list[PortReservation]:
+    reservations: list[PortReservation] = []
+    try:
+        for _ in range(count):
+            reservations.append(reserve_port())
+    except BaseException:
+        for reservation in reservations:
+            reservation.release()
+        raise
+    return reservations

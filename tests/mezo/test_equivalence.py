@@ -1,0 +1,56 @@
+"""MeZO on the runner and on HF, from the same weights and seeds, is the same optimisation."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_sglang_runner import mezo, sst2
+
+# fp32 on purpose: the kit's default dtype "auto" gives float16 on CPU for this checkpoint.
+pytestmark = pytest.mark.sglang(dtype="float32")
+
+STEPS = 20
+
+
+def _optimizer(lm, prompt, **hp):
+    return mezo.MeZO(lm.views, mezo.PromptObjective(lm, prompt.label_word_ids), on_weights_changed=lm.weights_changed, **hp)
+
+
+def test_projected_gradients_and_losses_match_hf(runner_lm, fresh_hf, prompt, synthetic_glue):
+    """20 steps: projected gradients within 1e-4 relative, the loss trajectories alike.
+
+    Relative to max(|g|, the run's RMS g): the two backends' fp32 losses differ by ~1e-7, which at
+    eps=1e-3 is ~5e-5 in g, so a step whose g happens to be near 0 cannot be compared on its own.
+    """
+    train = prompt.encode_all(sst2.read_tsv(synthetic_glue / "train.tsv"))
+    hp = dict(lr=1e-3, eps=1e-3, weight_decay=0.0, seed=1234)
+    on_runner = _optimizer(runner_lm, prompt, **hp)
+    on_hf = _optimizer(mezo.HFMaskedLM(fresh_hf()), prompt, **hp)
+    assert on_runner.fingerprint() == on_hf.fingerprint()  # same starting weights, same canonical layout
+    on_runner.train(train, STEPS, batch_size=16)
+    on_hf.train(train, STEPS, batch_size=16)
+
+    seeds_runner = [s for s, _ in on_runner.checkpoint.steps]
+    assert seeds_runner == [s for s, _ in on_hf.checkpoint.steps]
+    grads = list(zip(on_runner.history.projected_grad, on_hf.history.projected_grad))
+    rms = (sum(g * g for g, _ in grads) / len(grads)) ** 0.5
+    for step, (g_runner, g_hf) in enumerate(grads):
+        assert abs(g_runner - g_hf) <= 1e-4 * max(abs(g_runner), abs(g_hf), rms), (step, g_runner, g_hf, rms)
+    assert on_runner.history.loss == pytest.approx(on_hf.history.loss, rel=1e-5)
+    assert mezo.max_abs_difference(on_runner.masters, on_hf.masters) < 1e-6
+    assert on_runner.masters[0].sub(mezo.canonical_state(runner_lm.views)[0]).abs().max() == 0  # model = masters
+
+
+def test_weights_changed_hook_runs_on_every_write(runner_lm, prompt, synthetic_glue):
+    """Three perturbations and one update per step each tell the runner its weights changed."""
+    train = prompt.encode_all(sst2.read_tsv(synthetic_glue / "train.tsv"))[:16]
+    calls = []
+
+    def hook():
+        runner_lm.weights_changed()  # asserts the runner keeps no prefix cache
+        calls.append(1)
+
+    opt = mezo.MeZO(runner_lm.views, mezo.PromptObjective(runner_lm, prompt.label_word_ids), lr=1e-3, eps=1e-3, on_weights_changed=hook)
+    opt.train(train, 3, batch_size=16)
+    assert len(calls) == 3 * 4
+    assert runner_lm.runner.server_args.disable_radix_cache is True
