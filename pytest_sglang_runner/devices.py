@@ -35,7 +35,11 @@ def resolve_device(requested: str) -> str:
 
 
 def gpu_ids_for_worker(worker_index: int, tp: int) -> list[int]:
+    """This worker's GPUs; asking for more than the machine has is a SpecError, not a CUDA crash."""
     first = worker_index * tp
+    visible = cuda_device_count()
+    if first + tp > visible:
+        raise SpecError(f"--sglang-tp {tp} on xdist worker {worker_index} needs GPUs {first}..{first + tp - 1}, but {visible} are visible")
     return list(range(first, first + tp))
 
 

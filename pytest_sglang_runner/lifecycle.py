@@ -81,11 +81,24 @@ def resolve_model_path(spec: RunnerSpec, cache_root: Path) -> str:
         ) from None
 
 
-def _architectures(model_path: str) -> list[str]:
+def _model_config(model_path: str) -> dict:
     try:
-        return list(json.loads((Path(model_path) / "config.json").read_text()).get("architectures") or [])
+        return json.loads((Path(model_path) / "config.json").read_text())
     except (OSError, ValueError):
-        return []
+        return {}
+
+
+def _architectures(model_path: str) -> list[str]:
+    return list(_model_config(model_path).get("architectures") or [])
+
+
+def checkpoint_dtype(spec_dtype: str, model_path: str) -> str:
+    """``auto`` means the checkpoint's own dtype (SGLang's ``auto`` would run fp32 checkpoints in fp16)."""
+    if spec_dtype != "auto":
+        return spec_dtype
+    config = _model_config(model_path)
+    saved = str(config.get("dtype") or config.get("torch_dtype") or "auto")
+    return saved if saved in ("float32", "float16", "bfloat16") else "auto"
 
 
 def server_args_kwargs(spec: RunnerSpec, model_path: str, device: str, dist_port: int, server_port: int) -> dict:
@@ -96,7 +109,7 @@ def server_args_kwargs(spec: RunnerSpec, model_path: str, device: str, dist_port
         model_path=model_path,
         tokenizer_path=model_path,
         device=device,
-        dtype=spec.dtype,
+        dtype=checkpoint_dtype(spec.dtype, model_path),
         tp_size=spec.tp,
         attention_backend=spec.attention_backend or ("triton" if device == "cuda" else "torch_native"),
         max_total_tokens=spec.max_total_tokens,

@@ -37,7 +37,8 @@ def test_projected_gradients_and_losses_match_hf(runner_lm, fresh_hf, prompt, sy
     for step, (g_runner, g_hf) in enumerate(grads):
         assert abs(g_runner - g_hf) <= 1e-4 * max(abs(g_runner), abs(g_hf), rms), (step, g_runner, g_hf, rms)
     assert on_runner.history.loss == pytest.approx(on_hf.history.loss, rel=1e-5)
-    assert mezo.max_abs_difference(on_runner.masters, on_hf.masters) < 1e-6
+    # lr * (g difference ~5e-5) * |z| per step, over 20 steps: ~1e-6; the weights stay together.
+    assert mezo.max_abs_difference(on_runner.masters, on_hf.masters) < 1e-5
     assert on_runner.masters[0].sub(mezo.canonical_state(runner_lm.views)[0]).abs().max() == 0  # model = masters
 
 

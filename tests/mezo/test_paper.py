@@ -14,7 +14,7 @@ import pytest
 
 from pytest_sglang_runner import mezo, sst2
 
-pytestmark = [pytest.mark.mezo_full, pytest.mark.gpu(1)]
+pytestmark = pytest.mark.mezo_full
 
 
 def _local_model(name: str) -> str | None:

@@ -1,0 +1,108 @@
+"""Options, ini keys and usage errors, through a real inner pytest run (pytester)."""
+
+import pytest
+
+from pytest_sglang_runner.options import RunnerSpec, SpecError
+
+@pytest.fixture(scope="module", autouse=True)
+def sglang_server_args_imported():
+    """In-process inner runs drop modules they imported; torch must not be imported twice."""
+    import sglang.srt.server_args  # noqa: F401
+
+
+SHOW_SPEC = """
+def test_show(runner_factory):
+    print("SPEC", repr(runner_factory.default_spec))
+"""
+
+
+def spec_of(pytester, *args) -> str:
+    pytester.makepyfile(test_spec=SHOW_SPEC)
+    result = pytester.runpytest_inprocess("-s", "-p", "no:cacheprovider", *args)
+    assert result.ret == 0, result.stdout.str()
+    return next(line for line in result.outlines if "SPEC RunnerSpec(" in line)
+
+
+def test_command_line_options_reach_the_spec(pytester, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    line = spec_of(
+        pytester,
+        f"--sglang-model={model}",
+        "--sglang-device=cpu",
+        "--sglang-dtype=bfloat16",
+        "--sglang-tp=2",
+        "--sglang-attention-backend=triton",
+        "--sglang-mem-fraction=0.25",
+        "--sglang-max-total-tokens=1024",
+        "--sglang-arg=chunked_prefill_size=512",
+        "--sglang-arg=enable_torch_compile=false",
+    )
+    assert f"model='{model}'" in line
+    assert "device='cpu'" in line and "dtype='bfloat16'" in line and "tp=2" in line
+    assert "attention_backend='triton'" in line and "mem_fraction=0.25" in line
+    assert "max_total_tokens=1024" in line
+    assert "('chunked_prefill_size', '512')" in line and "('enable_torch_compile', 'false')" in line
+
+
+def test_ini_keys_and_command_line_precedence(pytester):
+    pytester.makeini(
+        """
+        [pytest]
+        sglang_device = cpu
+        sglang_dtype = float16
+        sglang_tp = 3
+        sglang_arg =
+            chunked_prefill_size=256
+        """
+    )
+    line = spec_of(pytester, "--sglang-tp=1")
+    assert "device='cpu'" in line and "dtype='float16'" in line
+    assert "tp=1" in line  # the command line wins over the ini key
+    assert "('chunked_prefill_size', '256')" in line
+
+
+def test_defaults_use_the_embedded_model(pytester):
+    line = spec_of(pytester)
+    assert repr(RunnerSpec()) in line
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--sglang-tp=0"], "--sglang-tp '0': expected a whole number >= 1"),
+        (["--sglang-tp=two"], "--sglang-tp 'two': expected a whole number >= 1"),
+        (["--sglang-device=tpu"], "--sglang-device 'tpu': expected one of auto, cuda, cpu"),
+        (["--sglang-dtype=float7"], "--sglang-dtype 'float7': expected one of auto, float32, float16, bfloat16"),
+        (["--sglang-mem-fraction=1.5"], "--sglang-mem-fraction '1.5': expected a number between 0 and 1"),
+        (["--sglang-max-total-tokens=-4"], "--sglang-max-total-tokens '-4': expected a whole number >= 1"),
+        (["--sglang-model=./no/such/dir"], "--sglang-model './no/such/dir': no such directory"),
+        (["--sglang-arg=oops"], "--sglang-arg 'oops': expected KEY=VALUE"),
+        (["--sglang-arg=no_such_field=1"], "has no ServerArgs field 'no_such_field'"),
+        (["--sglang-arg=chunked_prefill_size=many"], "--sglang-arg chunked_prefill_size=many: expected a int value"),
+        (["--sglang-arg=attention_backend=warp"], "--sglang-arg attention_backend=warp: expected one of"),
+    ],
+)
+def test_bad_values_are_usage_errors(pytester, args, expected):
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert expected in result.stderr.str()
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_a_file_is_not_a_model_directory(pytester, tmp_path):
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"x")
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--sglang-model={weights}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "not a model directory (no config.json inside)" in result.stderr.str()
+
+
+def test_marker_overrides_are_checked_like_options():
+    with pytest.raises(SpecError, match="--sglang-tp 'x'"):
+        RunnerSpec().with_overrides(tp="x")
+    spec = RunnerSpec().with_overrides(dtype="bfloat16", chunked_prefill_size=64)
+    assert spec.dtype == "bfloat16" and spec.server_args == (("chunked_prefill_size", 64),)

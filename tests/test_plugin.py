@@ -1,0 +1,115 @@
+"""The plugin from a user's side: real inner pytest runs in subprocesses (pytester)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+RECORD_STATE_AT_EXIT = """
+import atexit, json, os
+
+def _record():
+    import torch.distributed
+    with open(os.environ["STATE_FILE"], "w") as f:
+        json.dump({"distributed": torch.distributed.is_initialized()}, f)
+
+atexit.register(_record)
+"""
+
+RECORD_RUNNER = """
+import json, os
+
+def test_runner(runner, sglang_live, worker_id):
+    assert runner.model is not None
+    path = os.path.join(os.environ["OUT_DIR"], f"{worker_id}-{os.getpid()}.json")
+    with open(path, "w") as f:
+        json.dump({"pid": os.getpid(), "ports": sglang_live.ports, "runner": id(runner)}, f)
+"""
+
+
+def records(directory):
+    return [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
+
+
+def test_a_user_test_needs_nothing_but_the_runner_fixture(pytester, tmp_path, monkeypatch):
+    monkeypatch.setenv("STATE_FILE", str(tmp_path / "state.json"))
+    pytester.makeconftest(RECORD_STATE_AT_EXIT)
+    pytester.makepyfile(
+        test_user="""
+        def test_x(runner):
+            assert runner.model is not None
+
+        def test_fails_but_teardown_still_happens(runner):
+            assert False, "on purpose"
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "ignore")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.re_match_lines([r"sglang-runner: SGLang \d+\.\d+\.\d+ \(\S+\), device (cpu|cuda:0), model .*embedded-roberta, 1 build\(s\) in [\d.]+ s"])
+    assert json.loads((tmp_path / "state.json").read_text()) == {"distributed": False}
+
+
+def test_each_xdist_worker_builds_its_own_runner(pytester, tmp_path, monkeypatch):
+    monkeypatch.setenv("OUT_DIR", str(tmp_path))
+    pytester.makepyfile(test_a=RECORD_RUNNER, test_b=RECORD_RUNNER)
+    device = [] if torch.cuda.device_count() >= 2 else ["--sglang-device=cpu"]  # one GPU per worker
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "ignore", "-n", "2", "--dist", "loadfile", *device)
+    result.assert_outcomes(passed=2)
+    first, second = records(tmp_path)
+    assert first["pid"] != second["pid"]
+    assert not set(first["ports"]) & set(second["ports"])
+    result.stdout.re_match_lines([r"sglang-runner: .*2 build\(s\)"])
+
+
+def test_two_pytest_sessions_at_once_both_pass_with_disjoint_ports(pytester, tmp_path):
+    pytester.makepyfile(test_record=RECORD_RUNNER)
+    outs = [tmp_path / "one", tmp_path / "two"]
+    sessions = []
+    for out in outs:
+        out.mkdir()
+        env = dict(__import__("os").environ, OUT_DIR=str(out))
+        sessions.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-W", "ignore", "-q", "--sglang-mem-fraction=0.3", str(pytester.path)],
+                cwd=pytester.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )
+        )
+    outputs = [session.communicate(timeout=600)[0] for session in sessions]
+    assert [session.returncode for session in sessions] == [0, 0], outputs
+    (one,), (two,) = records(outs[0]), records(outs[1])
+    assert not set(one["ports"]) & set(two["ports"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU case")
+def test_gpu_marker_skips_with_a_reason_without_gpus(pytester):
+    pytester.makepyfile(
+        test_gpu="""
+        import pytest
+
+        @pytest.mark.gpu(2)
+        def test_needs_two():
+            raise AssertionError("must not run")
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*needs 2 CUDA GPU(s), found 0*"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU case")
+def test_cuda_device_without_a_gpu_is_a_usage_error(pytester):
+    pytester.makepyfile(test_x="def test_x(runner):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sglang-device=cuda", "-n", "2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--sglang-device cuda: no CUDA device is visible; use --sglang-device cpu*"])
+
+
+@pytest.mark.gpu(1)
+def test_more_workers_than_gpus_is_a_usage_error(pytester):
+    workers = torch.cuda.device_count() + 1
+    pytester.makepyfile(test_x="def test_x(runner):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", str(workers))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*-n {workers} with --sglang-tp 1 needs {workers} GPUs*"])

@@ -1,0 +1,149 @@
+"""The runner fixture drives a real SGLang ModelRunner; checked against HF and for clean teardown."""
+
+import gc
+import multiprocessing
+import os
+import shutil
+import signal
+import threading
+import weakref
+
+import pytest
+import torch
+
+from pytest_sglang_runner.lifecycle import RunnerBuildError
+
+BATCH = [
+    [0, 570, 577, 417, 579, 18, 509, 417, 225, 4, 500, 2],
+    [0, 5, 6, 2],
+    [0, 17, 42, 99, 123, 7, 8, 2],
+]
+
+
+def test_runner_is_a_live_sglang_model_runner(runner, sglang_live):
+    from sglang.srt.model_executor.model_runner import ModelRunner
+
+    assert isinstance(runner, ModelRunner)
+    assert type(runner.model).__name__ == "RobertaForMaskedLM"
+    assert torch.distributed.is_initialized()
+    assert sglang_live.device == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_logits_and_hidden_states_match_hf(sglang_forward, hf_model, runner):
+    result = sglang_forward(BATCH)
+    tolerance = 1e-5 if runner.device == "cpu" else 5e-3  # triton on GPU computes in TF32
+    for ids, logits, hidden in zip(BATCH, result.logits, result.hidden_states):
+        with torch.no_grad():
+            reference = hf_model(torch.tensor([ids]), output_hidden_states=True)
+        assert logits.shape == (len(ids), hf_model.config.vocab_size)
+        assert (logits.float().cpu() - reference.logits[0]).abs().max().item() <= tolerance
+        assert (hidden.float().cpu() - reference.hidden_states[-1][0]).abs().max().item() <= tolerance
+
+
+def test_texts_go_through_the_model_tokenizer(sglang_forward):
+    text = "the film was great . It was <mask> ."
+    ids = sglang_forward.tokenizer(text)["input_ids"]
+    assert torch.equal(sglang_forward(text).logits[0], sglang_forward([ids]).logits[0])
+
+
+def test_a_prepared_batch_runs_twice_with_identical_output(sglang_forward):
+    prepared = sglang_forward.prepare(BATCH)
+    try:
+        first = sglang_forward.run(prepared).packed_logits.clone()
+        second = sglang_forward.run(prepared).packed_logits
+    finally:
+        sglang_forward.release(prepared)
+    assert torch.equal(first, second)
+    with pytest.raises(RuntimeError, match="released"):
+        sglang_forward.run(prepared)
+
+
+def test_kv_pool_is_empty_between_forwards(sglang_forward, runner):
+    free_before = runner.token_to_kv_pool_allocator.available_size()
+    sglang_forward(BATCH)
+    assert runner.token_to_kv_pool_allocator.available_size() == free_before
+
+
+@pytest.mark.sglang(max_total_tokens=1024)
+def test_marker_builds_a_runner_with_its_config(sglang_live, runner):
+    assert sglang_live.spec.max_total_tokens == 1024
+    assert runner.max_total_num_tokens <= 1024
+
+
+def test_sglang_server_side_effects_stay_out_of_pytest(runner):
+    assert signal.getsignal(signal.SIGQUIT) in (signal.SIG_DFL, None)
+    assert multiprocessing.get_start_method(allow_none=True) != "spawn"
+
+
+def _port_locks_held():
+    from pytest_sglang_runner.ports import LOCK_DIR
+
+    links = (os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd"))
+    return [link for link in links if link.startswith(str(LOCK_DIR.resolve()))]
+
+
+def _process_resources():
+    import psutil
+
+    gc.collect()
+    process = psutil.Process()
+    return process.memory_info().rss, threading.active_count(), len(os.listdir("/proc/self/fd"))
+
+
+def test_three_build_teardown_cycles_leave_rss_threads_and_fds_flat(runner_factory):
+    measurements = []
+    for cycle in range(4):  # the first cycle warms caches; the next three must be flat
+        live = runner_factory.get(max_total_tokens=512 + cycle)
+        ports = live.reservations
+        live.forward(BATCH)
+        freed = weakref.ref(live.model_runner)
+        del live
+        runner_factory.close()
+        gc.collect()
+        assert freed() is None, "the runner outlived its teardown"
+        assert not torch.distributed.is_initialized()
+        assert not any(reservation.held for reservation in ports)
+        assert _port_locks_held() == []
+        measurements.append(_process_resources())
+    rss, threads, fds = zip(*measurements[1:])
+    assert max(rss) - min(rss) < 64 * 2**20, rss
+    assert len(set(threads)) == 1, threads
+    assert len(set(fds)) == 1, fds
+
+
+def test_a_build_that_fails_half_way_is_torn_down(runner_factory, sglang_model_path, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(sglang_model_path, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    runner_factory.close()
+    with pytest.raises(RunnerBuildError, match="building the SGLang runner failed"):
+        runner_factory.get(model=str(broken))
+    assert not torch.distributed.is_initialized()
+    assert _port_locks_held() == []
+    with pytest.raises(RunnerBuildError):  # remembered: no second slow attempt
+        runner_factory.get(model=str(broken))
+    assert runner_factory.get().forward(BATCH[:1]).logits[0].isfinite().all()
+
+
+@pytest.mark.skipif(0 < torch.cuda.device_count() < 2, reason="TP=2 on CUDA needs 2 GPUs")
+@pytest.mark.sglang(tp=2)
+def test_tensor_parallel_runner_matches_tp1(sglang_forward, hf_model, runner):
+    result = sglang_forward(BATCH)
+    tolerance = 1e-5 if runner.device == "cpu" else 5e-3
+    for ids, logits in zip(BATCH, result.logits):
+        with torch.no_grad():
+            reference = hf_model(torch.tensor([ids])).logits[0]
+        assert (logits.float().cpu() - reference).abs().max().item() <= tolerance
+
+
+@pytest.mark.gpu(1)
+def test_gpu_memory_returns_to_baseline_after_teardown(runner_factory):
+    runner_factory.close()
+    torch.cuda.synchronize()
+    baseline = torch.cuda.memory_allocated()
+    live = runner_factory.get(max_total_tokens=2048)
+    live.forward(BATCH)
+    assert torch.cuda.memory_allocated() > baseline
+    del live
+    runner_factory.close()
+    assert torch.cuda.memory_allocated() <= baseline
