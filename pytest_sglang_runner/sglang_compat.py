@@ -137,22 +137,16 @@ def import_sglang() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _unwrap(annotation: Any) -> tuple[Any, Sequence[str] | None]:
-    """(base type, choices) from ``Annotated[Optional[T], Arg(choices=...)]`` or a plain type."""
-    choices = None
-    if typing.get_origin(annotation) is typing.Annotated:
-        base, *meta = typing.get_args(annotation)
-        for item in meta:
-            choices = getattr(item, "choices", None) or choices
-        annotation = base
+def _base_type(annotation: Any) -> Any:
+    """``T`` from ``Optional[T]``; other unions read as text."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        annotation = args[0] if len(args) == 1 else str
-    return annotation, choices
+        return args[0] if len(args) == 1 else str
+    return annotation
 
 
-def _coerce(key: str, raw: Any, annotation: Any) -> Any:
-    base, choices = _unwrap(annotation)
+def _coerce(key: str, raw: Any, annotation: Any, choices: Sequence[Any] | None) -> Any:
+    base = _base_type(annotation)
     value = raw
     if isinstance(raw, str):
         text = raw.strip()
@@ -179,29 +173,39 @@ def _coerce(key: str, raw: Any, annotation: Any) -> Any:
     return value
 
 
-def server_args_fields() -> dict[str, inspect.Parameter]:
+def _server_args_schema() -> tuple[set[str], dict[str, Any], dict[str, Sequence[Any]]]:
+    """Field names, their types and their CLI choices, as the installed SGLang declares them."""
+    import argparse
+
     from sglang.srt.server_args import ServerArgs
 
-    return dict(inspect.signature(ServerArgs).parameters)
+    names = set(inspect.signature(ServerArgs).parameters)
+    hints = typing.get_type_hints(ServerArgs)  # evaluates string annotations (0.5.17)
+    parser = argparse.ArgumentParser(add_help=False)
+    ServerArgs.add_cli_args(parser)
+    choices = {action.dest: action.choices for action in parser._actions if action.choices}
+    return names, hints, choices
 
 
 def typed_server_args(extra: dict[str, Any]) -> dict[str, Any]:
     """Check user ``KEY=VALUE`` pairs against this SGLang's ServerArgs and give them their types."""
-    fields = server_args_fields()
+    if not extra:
+        return {}
+    names, hints, choices = _server_args_schema()
     typed = {}
     for key, raw in extra.items():
-        if key not in fields:
-            close = [name for name in fields if key in name or name in key][:5]
+        if key not in names:
+            close = [name for name in sorted(names) if key in name or name in key][:5]
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise SpecError(f"--sglang-arg {key}=...: SGLang {installed_version()} has no ServerArgs field {key!r}{hint}")
-        typed[key] = _coerce(key, raw, fields[key].annotation)
+        typed[key] = _coerce(key, raw, hints.get(key, str), choices.get(key))
     return typed
 
 
 def make_server_args(**kwargs: Any):
     from sglang.srt.server_args import ServerArgs
 
-    fields = server_args_fields()
+    fields = inspect.signature(ServerArgs).parameters
     return ServerArgs(**{k: v for k, v in kwargs.items() if k in fields})
 
 

@@ -35,10 +35,12 @@ def test_reservations_of_two_processes_never_overlap():
     ]
     try:
         taken = [set(map(int, child.stdout.readline().split())) for child in children]
-        mine = {r.port for r in ports.reserve_ports(20)}
+        mine = ports.reserve_ports(20)
         assert len(taken[0]) == len(taken[1]) == 20
-        assert not taken[0] & taken[1] and not mine & (taken[0] | taken[1])
+        assert not taken[0] & taken[1] and not {r.port for r in mine} & (taken[0] | taken[1])
         assert all(lock_is_held_elsewhere(port) for port in taken[0])
+        for reservation in mine:
+            reservation.release()
     finally:
         for child in children:
             child.communicate("\n", timeout=30)

@@ -59,17 +59,21 @@ def _corpus() -> list[str]:
 
 
 def build_tokenizer(directory: Path):
-    """Train the byte-level BPE tokenizer and save it as a RoBERTa tokenizer in ``directory``."""
+    """Train the byte-level BPE tokenizer and save it as a RoBERTa tokenizer in ``directory``.
+
+    Wrapped as a tokenizer object rather than rebuilt from vocab/merges files, which
+    transformers 5.12 and 5.19 read differently; the saved tokenizer.json is the same in both.
+    """
     from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import RobertaProcessing
     from transformers import RobertaTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(_corpus(), vocab_size=1000, min_frequency=1, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    bpe._tokenizer.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
     directory.mkdir(parents=True, exist_ok=True)
-    bpe.save_model(str(directory))
-    tokenizer = RobertaTokenizerFast(
-        vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"), model_max_length=128
-    )
+    bpe.save_model(str(directory))  # vocab.json and merges.txt, for RoBERTa's slow tokenizer
+    tokenizer = RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, model_max_length=128)
     tokenizer.save_pretrained(str(directory))
     return tokenizer
 
