@@ -48,6 +48,18 @@ EMBEDDED_CONFIG = dict(
 )
 
 
+# HF roberta-large's shape (355M parameters), for cost measurements with random weights.
+ROBERTA_LARGE_SHAPE = dict(
+    EMBEDDED_CONFIG,
+    vocab_size=50265,
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+    max_position_embeddings=514,
+)
+
+
 def _corpus() -> list[str]:
     words = POSITIVE_WORDS + NEGATIVE_WORDS + NEUTRAL_WORDS
     # Each word alone and after a space, many times, so BPE merges every word into one token.
@@ -78,12 +90,12 @@ def build_tokenizer(directory: Path):
     return tokenizer
 
 
-def build_model(vocab_size: int, seed: int = EMBEDDED_SEED):
+def build_model(vocab_size: int, seed: int = EMBEDDED_SEED, shape: dict = EMBEDDED_CONFIG):
     """A RobertaForMaskedLM with weights drawn from one seeded generator (independent of torch's global RNG)."""
     import torch
     from transformers import RobertaConfig, RobertaForMaskedLM
 
-    config = RobertaConfig(vocab_size=vocab_size, architectures=["RobertaForMaskedLM"], **EMBEDDED_CONFIG)
+    config = RobertaConfig(**dict(shape, vocab_size=vocab_size, architectures=["RobertaForMaskedLM"]))
     model = RobertaForMaskedLM(config).eval()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -99,17 +111,27 @@ def build_model(vocab_size: int, seed: int = EMBEDDED_SEED):
     return model
 
 
+def _save(model, directory: Path, dtype: str) -> Path:
+    model.save_pretrained(str(directory), safe_serialization=True)
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    config.update(position_embedding_type="absolute", architectures=["RobertaForMaskedLM"], torch_dtype=dtype, dtype=dtype)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    return directory
+
+
 def write_embedded_model(directory: Path) -> Path:
     """Write tokenizer, config and safetensors weights into ``directory`` (created)."""
     directory = Path(directory)
     tokenizer = build_tokenizer(directory)
-    model = build_model(len(tokenizer))
-    model.save_pretrained(str(directory), safe_serialization=True)
-    config_path = directory / "config.json"
-    config = json.loads(config_path.read_text())
-    config.update(position_embedding_type="absolute", architectures=["RobertaForMaskedLM"], torch_dtype="float32")
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
-    return directory
+    return _save(build_model(len(tokenizer)), directory, "float32")
+
+
+def write_random_roberta(directory: Path, shape: dict = ROBERTA_LARGE_SHAPE, dtype: str = "bfloat16") -> Path:
+    """A RoBERTa masked LM of ``shape`` with random weights and the embedded tokenizer (cost runs only)."""
+    directory = Path(directory)
+    build_tokenizer(directory)
+    return _save(build_model(shape["vocab_size"], shape=shape), directory, dtype)
 
 
 def ensure_embedded_model(root: Path) -> Path:

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 import torch
 
 from pytest_sglang_runner import mezo, sst2
-
-ROBERTA_LARGE = dict(vocab_size=50265, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                     intermediate_size=4096, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
-                     pad_token_id=1, bos_token_id=0, eos_token_id=2, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0, position_embedding_type="absolute")
 
 
 @pytest.mark.gpu(1)
@@ -43,16 +37,9 @@ def test_runner_and_hf_agree_on_cuda(runner, sglang_forward, fresh_hf, prompt, s
 @pytest.fixture(scope="module")
 def large_random_model(tmp_path_factory):
     """A RoBERTa-large-shaped masked LM (355M) with random weights, plus the embedded tokenizer."""
-    from transformers import RobertaConfig, RobertaForMaskedLM
+    from pytest_sglang_runner.models.embedded import write_random_roberta
 
-    directory = tmp_path_factory.mktemp("roberta-large-random")
-    torch.manual_seed(0)
-    model = RobertaForMaskedLM(RobertaConfig(architectures=["RobertaForMaskedLM"], **ROBERTA_LARGE)).eval()
-    model.save_pretrained(str(directory), safe_serialization=True)
-    config = json.loads((directory / "config.json").read_text())
-    config.update(position_embedding_type="absolute", architectures=["RobertaForMaskedLM"], torch_dtype="bfloat16")
-    (directory / "config.json").write_text(json.dumps(config))
-    return directory
+    return write_random_roberta(tmp_path_factory.mktemp("roberta-large-random"))
 
 
 @pytest.mark.gpu(1)
