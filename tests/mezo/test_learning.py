@@ -1,37 +1,45 @@
 """MeZO on the runner learns a synthetic SST-2 task from chance, on CPU, in well under two minutes.
 
-DRAFT (tuning)
+Full-parameter MeZO-SGD, on the SGLang runner, on a RoBERTa masked LM this test writes itself.
+
+Why not the kit's embedded model: zeroth-order SGD needs roughly (effective number of trained
+parameters) times more steps than first-order SGD, and the embedded model (hidden 64, 2 layers,
+small 0.05 init, noisy layer norms) is slow even for first-order SGD from random weights, so
+MeZO on it stalls near chance (all parameters) or just under 0.8 (word embeddings only) in the
+time a CPU test can spend. The model here is the same kind of checkpoint (same tokenizer,
+``RobertaForMaskedLM``, written by ``save_pretrained``) with one layer, hidden 32, 2 heads, unit
+layer norms, zero biases and N(0, 0.18^2) ~ 1/sqrt(hidden) weights; sentences are 2-3
+sentiment words, so the prompt is ~10 tokens. From 5 model/MeZO seeds (HF, same optimiser),
+held-out accuracy reaches 0.8 after 1500-2250 steps at lr 1e-3, eps 1e-3, batch 32; the
+runner does ~60-75 steps/s at one thread, so the run stops after ~25-40 s.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from pytest_sglang_runner import mezo, sst2
 
-K = json.loads(os.environ.get("MZ", "{}"))
-H = K.get("H", 16)
-TRAINABLE = K.get("trainable")
-HPARAMS = dict(lr=K.get("lr", 3e-3), eps=K.get("eps", 1e-3), weight_decay=0.0, seed=K.get("seed", 0))
-BATCH, MAX_STEPS, EVAL_EVERY, TIME_BUDGET_S = K.get("B", 32), K.get("steps", 8000), K.get("ee", 500), K.get("T", 70.0)
-INIT = K.get("init", 0.25)
+SMALL_CONFIG = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=34)
+INIT_STD, MODEL_SEED = 0.18, 0
+HPARAMS = dict(lr=1e-3, eps=1e-3, weight_decay=0.0, seed=0)
+BATCH, MAX_STEPS, EVAL_EVERY, TIME_BUDGET_S = 32, 6000, 250, 90.0
+SHAPE = dict(sentiment_words=(2, 3), filler_words=(0, 0))
 
 
-def write_small_mlm(directory: Path, seed: int = 0) -> Path:
+def write_small_mlm(directory: Path, seed: int = MODEL_SEED) -> Path:
+    """A 1-layer, hidden-32 RoBERTa MLM on the embedded tokenizer, written like the embedded model."""
     from transformers import RobertaConfig, RobertaForMaskedLM
 
     from pytest_sglang_runner.models.embedded import EMBEDDED_CONFIG, build_tokenizer
 
     tokenizer = build_tokenizer(directory)
-    cfg = dict(EMBEDDED_CONFIG)
-    cfg.update(hidden_size=H, num_hidden_layers=1, num_attention_heads=2, intermediate_size=2 * H, max_position_embeddings=34)
-    model = RobertaForMaskedLM(RobertaConfig(vocab_size=len(tokenizer), architectures=["RobertaForMaskedLM"], **cfg)).eval()
+    config = RobertaConfig(vocab_size=len(tokenizer), architectures=["RobertaForMaskedLM"], **{**EMBEDDED_CONFIG, **SMALL_CONFIG})
+    model = RobertaForMaskedLM(config).eval()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in sorted(model.state_dict().items()):
@@ -43,34 +51,43 @@ def write_small_mlm(directory: Path, seed: int = 0) -> Path:
             elif name.endswith("bias"):
                 tensor.zero_()
             else:
-                tensor.copy_(INIT * noise)
+                tensor.copy_(INIT_STD * noise)
     model.tie_weights()
     model.save_pretrained(str(directory), safe_serialization=True)
     config_path = directory / "config.json"
-    config = json.loads(config_path.read_text())
-    config.update(position_embedding_type="absolute", architectures=["RobertaForMaskedLM"], torch_dtype="float32")
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    saved = json.loads(config_path.read_text())
+    saved.update(position_embedding_type="absolute", architectures=["RobertaForMaskedLM"], torch_dtype="float32")
+    config_path.write_text(json.dumps(saved, indent=2, sort_keys=True))
     return directory
 
 
 def test_mezo_learns_synthetic_sst2_on_the_runner(runner_factory, tmp_path):
     from transformers import AutoTokenizer
 
-    path = write_small_mlm(tmp_path / "small-mlm", seed=K.get("mseed", 0))
-    live = runner_factory.get(model=str(path), dtype="float32", device="cpu")
+    path = write_small_mlm(tmp_path / "small-roberta-mlm")
+    live = runner_factory.get(model=str(path), dtype="float32")
     live.forward.release()
     lm = mezo.SGLangMaskedLM(live.model_runner, live.forward)
     prompt = sst2.SST2Prompt(AutoTokenizer.from_pretrained(str(path)))
-    pos, neg, neu = sst2.embedded_word_lists()
-    shape = dict(sentiment_words=tuple(K.get("sw", (2, 3))), filler_words=tuple(K.get("fw", (0, 0))))
-    train = prompt.encode_all(sst2.synthetic_examples(512, pos, neg, neu, seed=1, **shape))
-    dev = prompt.encode_all(sst2.synthetic_examples(200, pos, neg, neu, seed=2, **shape))
 
-    views = mezo.select_views(lm.views, TRAINABLE)
-    opt = mezo.MeZO(views, mezo.PromptObjective(lm, prompt.label_word_ids), on_weights_changed=lm.weights_changed, **HPARAMS)
+    pos, neg, neu = sst2.embedded_word_lists()
+    train_rows = sst2.synthetic_examples(512, pos, neg, neu, seed=1, **SHAPE)
+    seen = {e.sentence for e in train_rows}
+    dev_rows = [e for e in sst2.synthetic_examples(240, pos, neg, neu, seed=2, **SHAPE) if e.sentence not in seen]
+    train = prompt.encode_all(sst2.read_tsv(sst2.write_tsv(tmp_path / "train.tsv", train_rows)))
+    dev = prompt.encode_all(sst2.read_tsv(sst2.write_tsv(tmp_path / "dev.tsv", dev_rows)))
+    assert len(dev) >= 200 and not {e.input_ids for e in dev} & {e.input_ids for e in train}  # held out
+
+    opt = mezo.MeZO(lm.views, mezo.PromptObjective(lm, prompt.label_word_ids), on_weights_changed=lm.weights_changed, **HPARAMS)
+    assert len(opt.views) == len(lm.views)  # every parameter is trained
     _, chance = opt.evaluate(dev)
+    assert 0.35 <= chance <= 0.65, chance
+
     started = time.monotonic()
     opt.train(train, MAX_STEPS, batch_size=BATCH, eval_examples=dev, eval_every=EVAL_EVERY,
-              until=lambda o: time.monotonic() - started > TIME_BUDGET_S)
-    print("\nchance %.3f steps %d sec %.1f" % (chance, opt.global_step, time.monotonic() - started))
-    print(" ".join("%d:%.3f" % (s, a) for s, a in zip(opt.history.eval_step, opt.history.eval_accuracy)))
+              until=lambda o: o.history.eval_accuracy[-1] >= 0.8 or time.monotonic() - started > TIME_BUDGET_S)
+    seconds = time.monotonic() - started
+    opt.history.save_plot(tmp_path / "learning.png", title="MeZO (all parameters) on the runner, synthetic SST-2")
+    final = opt.history.eval_accuracy[-1]
+    print(f"\nMeZO learning: held-out accuracy {chance:.3f} -> {final:.3f} in {opt.global_step} steps, {seconds:.1f} s")
+    assert final >= 0.8, f"held-out accuracy {opt.history.eval_accuracy} after {opt.global_step} steps, {seconds:.1f} s"
