@@ -138,12 +138,16 @@ def test_tensor_parallel_runner_matches_tp1(sglang_forward, hf_model, runner):
 
 @pytest.mark.gpu(1)
 def test_gpu_memory_returns_to_baseline_after_teardown(runner_factory):
-    runner_factory.close()
-    torch.cuda.synchronize()
+    def cycle():
+        live = runner_factory.get(max_total_tokens=2048)
+        live.forward(BATCH)
+        in_use = torch.cuda.memory_allocated()
+        del live
+        runner_factory.close()
+        return in_use
+
+    cycle()  # SGLang allocates some process-wide buffers once, on first use: not a leak
     baseline = torch.cuda.memory_allocated()
-    live = runner_factory.get(max_total_tokens=2048)
-    live.forward(BATCH)
-    assert torch.cuda.memory_allocated() > baseline
-    del live
-    runner_factory.close()
-    assert torch.cuda.memory_allocated() <= baseline
+    for _ in range(2):
+        assert cycle() > baseline
+        assert torch.cuda.memory_allocated() == baseline

@@ -25,8 +25,11 @@ def test_projected_gradients_and_losses_match_hf(runner_lm, fresh_hf, prompt, sy
     """
     train = prompt.encode_all(sst2.read_tsv(synthetic_glue / "train.tsv"))
     hp = dict(lr=1e-3, eps=1e-3, weight_decay=0.0, seed=1234)
+    device = runner_lm.views[0].tensor.device  # z comes from this device's generator: HF must share it
+    # On CUDA both backends run fp32 matmuls in TF32 (SGLang turns it on), ~1e-3 relative per op.
+    g_tol, loss_tol, weight_tol = (1e-4, 1e-5, 1e-5) if device.type == "cpu" else (1e-3, 1e-4, 1e-4)
     on_runner = _optimizer(runner_lm, prompt, **hp)
-    on_hf = _optimizer(mezo.HFMaskedLM(fresh_hf()), prompt, **hp)
+    on_hf = _optimizer(mezo.HFMaskedLM(fresh_hf(device=device)), prompt, **hp)
     assert on_runner.fingerprint() == on_hf.fingerprint()  # same starting weights, same canonical layout
     on_runner.train(train, STEPS, batch_size=16)
     on_hf.train(train, STEPS, batch_size=16)
@@ -36,10 +39,10 @@ def test_projected_gradients_and_losses_match_hf(runner_lm, fresh_hf, prompt, sy
     grads = list(zip(on_runner.history.projected_grad, on_hf.history.projected_grad))
     rms = (sum(g * g for g, _ in grads) / len(grads)) ** 0.5
     for step, (g_runner, g_hf) in enumerate(grads):
-        assert abs(g_runner - g_hf) <= 1e-4 * max(abs(g_runner), abs(g_hf), rms), (step, g_runner, g_hf, rms)
-    assert on_runner.history.loss == pytest.approx(on_hf.history.loss, rel=1e-5)
+        assert abs(g_runner - g_hf) <= g_tol * max(abs(g_runner), abs(g_hf), rms), (step, g_runner, g_hf, rms)
+    assert on_runner.history.loss == pytest.approx(on_hf.history.loss, rel=loss_tol)
     # lr * (g difference ~5e-5) * |z| per step, over 20 steps: ~1e-6; the weights stay together.
-    assert mezo.max_abs_difference(on_runner.masters, on_hf.masters) < 1e-5
+    assert mezo.max_abs_difference(on_runner.masters, on_hf.masters) < weight_tol
     assert on_runner.masters[0].sub(mezo.canonical_state(runner_lm.views)[0]).abs().max() == 0  # model = masters
 
 
