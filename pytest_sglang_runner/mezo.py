@@ -204,7 +204,9 @@ class SGLangMaskedLM:
 
     def _check_no_prefix_reuse(self) -> None:
         # KV computed under perturbed weights must never be served from a prefix cache.
-        if not getattr(self.runner.server_args, "disable_radix_cache", False):
+        from . import sglang_compat
+
+        if not sglang_compat.prefix_cache_disabled(self.runner):
             raise RuntimeError(
                 "MeZO changes the weights between forwards: build the runner with disable_radix_cache=True "
                 "(e.g. @pytest.mark.sglang(disable_radix_cache=True))"

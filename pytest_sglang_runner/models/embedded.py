@@ -90,8 +90,19 @@ def build_tokenizer(directory: Path):
     return tokenizer
 
 
-def build_model(vocab_size: int, seed: int = EMBEDDED_SEED, shape: dict = EMBEDDED_CONFIG):
-    """A RobertaForMaskedLM with weights drawn from one seeded generator (independent of torch's global RNG)."""
+def build_model(
+    vocab_size: int,
+    seed: int = EMBEDDED_SEED,
+    shape: dict = EMBEDDED_CONFIG,
+    std: float = 0.05,
+    layer_norm_noise: float = 0.1,
+    zero_biases: bool = False,
+):
+    """A RobertaForMaskedLM with weights drawn from one seeded generator (independent of torch's global RNG).
+
+    Every tensor draws its noise in name order, whatever the options, so a given seed always
+    means the same draws: weights ~ N(0, std²), layer-norm weights 1 + layer_norm_noise·N(0, 1).
+    """
     import torch
     from transformers import RobertaConfig, RobertaForMaskedLM
 
@@ -104,9 +115,11 @@ def build_model(vocab_size: int, seed: int = EMBEDDED_SEED, shape: dict = EMBEDD
                 continue
             noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
             if "LayerNorm.weight" in name or "layer_norm.weight" in name:
-                tensor.copy_(1.0 + 0.1 * noise)
+                tensor.copy_(1.0 + layer_norm_noise * noise)
+            elif zero_biases and name.endswith("bias"):
+                tensor.zero_()
             else:
-                tensor.copy_(0.05 * noise)
+                tensor.copy_(std * noise)
     model.tie_weights()
     return model
 
@@ -127,11 +140,14 @@ def write_embedded_model(directory: Path) -> Path:
     return _save(build_model(len(tokenizer)), directory, "float32")
 
 
-def write_random_roberta(directory: Path, shape: dict = ROBERTA_LARGE_SHAPE, dtype: str = "bfloat16") -> Path:
-    """A RoBERTa masked LM of ``shape`` with random weights and the embedded tokenizer (cost runs only)."""
+def write_random_roberta(directory: Path, shape: dict = ROBERTA_LARGE_SHAPE, dtype: str = "bfloat16", **init) -> Path:
+    """A RoBERTa masked LM of ``shape`` with random weights and the embedded tokenizer.
+
+    ``shape`` without ``vocab_size`` takes the tokenizer's; ``init`` goes to `build_model`.
+    """
     directory = Path(directory)
-    build_tokenizer(directory)
-    return _save(build_model(shape["vocab_size"], shape=shape), directory, dtype)
+    tokenizer = build_tokenizer(directory)
+    return _save(build_model(shape.get("vocab_size") or len(tokenizer), shape=shape, **init), directory, dtype)
 
 
 def ensure_embedded_model(root: Path) -> Path:

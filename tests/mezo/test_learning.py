@@ -16,7 +16,6 @@ runner does ~60-75 steps/s at one thread, so the run stops after ~25-40 s.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -32,33 +31,13 @@ SHAPE = dict(sentiment_words=(2, 3), filler_words=(0, 0))
 
 
 def write_small_mlm(directory: Path, seed: int = MODEL_SEED) -> Path:
-    """A 1-layer, hidden-32 RoBERTa MLM on the embedded tokenizer, written like the embedded model."""
-    from transformers import RobertaConfig, RobertaForMaskedLM
+    """A 1-layer, hidden-32 RoBERTa MLM on the embedded tokenizer: unit layer norms, zero biases."""
+    from pytest_sglang_runner.models.embedded import EMBEDDED_CONFIG, write_random_roberta
 
-    from pytest_sglang_runner.models.embedded import EMBEDDED_CONFIG, build_tokenizer
-
-    tokenizer = build_tokenizer(directory)
-    config = RobertaConfig(vocab_size=len(tokenizer), architectures=["RobertaForMaskedLM"], **{**EMBEDDED_CONFIG, **SMALL_CONFIG})
-    model = RobertaForMaskedLM(config).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in sorted(model.state_dict().items()):
-            if not tensor.is_floating_point():
-                continue
-            noise = torch.randn(tensor.shape, generator=generator)
-            if "LayerNorm.weight" in name or "layer_norm.weight" in name:
-                tensor.fill_(1.0)
-            elif name.endswith("bias"):
-                tensor.zero_()
-            else:
-                tensor.copy_(INIT_STD * noise)
-    model.tie_weights()
-    model.save_pretrained(str(directory), safe_serialization=True)
-    config_path = directory / "config.json"
-    saved = json.loads(config_path.read_text())
-    saved.update(position_embedding_type="absolute", architectures=["RobertaForMaskedLM"], torch_dtype="float32")
-    config_path.write_text(json.dumps(saved, indent=2, sort_keys=True))
-    return directory
+    return write_random_roberta(
+        directory, shape=dict(EMBEDDED_CONFIG, **SMALL_CONFIG), dtype="float32",
+        seed=seed, std=INIT_STD, layer_norm_noise=0.0, zero_biases=True,
+    )
 
 
 def test_mezo_learns_synthetic_sst2_on_the_runner(runner_factory, tmp_path):

@@ -7,10 +7,6 @@ import torch
 
 from pytest_sglang_runner import mezo, sst2
 
-# fp32 on purpose: the kit's default dtype "auto" gives float16 on CPU for this checkpoint.
-pytestmark = pytest.mark.sglang(dtype="float32")
-
-
 def _objective(lm, prompt):
     return mezo.PromptObjective(lm, prompt.label_word_ids)
 
