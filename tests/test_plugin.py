@@ -113,3 +113,28 @@ def test_more_workers_than_gpus_is_a_usage_error(pytester):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", str(workers))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*-n {workers} with --sglang-tp 1 needs {workers} GPUs*"])
+
+
+def test_an_hf_masked_lm_checkpoint_loads_through_the_model_option(pytester, tmp_path):
+    """A RobertaForMaskedLM saved by transformers, given as --sglang-model PATH, gives HF's <mask> logits."""
+    from pytest_sglang_runner.models.embedded import write_embedded_model
+
+    checkpoint = write_embedded_model(tmp_path / "saved-by-transformers")
+    pytester.makepyfile(
+        test_mask="""
+        import torch
+
+        def test_mask_logits(sglang_forward, hf_model, sglang_model_path):
+            assert sglang_model_path == %r
+            tokenizer = sglang_forward.tokenizer
+            ids = tokenizer("the acting was superb . It was <mask> .")["input_ids"]
+            mask = ids.index(tokenizer.mask_token_id)
+            ours = sglang_forward([ids]).logits[0][mask].float().cpu()
+            with torch.no_grad():
+                theirs = hf_model(torch.tensor([ids])).logits[0, mask]
+            tolerance = 1e-5 if ours.device.type == "cpu" and not torch.cuda.is_available() else 5e-3
+            assert (ours - theirs).abs().max().item() <= tolerance
+        """ % str(checkpoint)
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "ignore", f"--sglang-model={checkpoint}")
+    result.assert_outcomes(passed=1)
