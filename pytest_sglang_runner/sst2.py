@@ -34,10 +34,6 @@ PAPER_HPARAMS = dict(batch_size=64, lr=1e-6, eps=1e-3, weight_decay=0.0, steps=1
 
 OPTION = "--sst2-dir"
 INI = "sst2_dir"
-MARKERS = [
-    "mezo_full: the MeZO paper setting (RoBERTa-large, SST-2 k-shot, 5 seeds, 100k steps); "
-    "run with --sglang-model roberta-large --sst2-dir DIR -m mezo_full",
-]
 
 
 class SST2Missing(FileNotFoundError):
@@ -149,30 +145,6 @@ def _require_dir(directory: Path | None) -> Path:
 
 # --------------------------------------------------------------------------------------------
 # pytest wiring (called from the plugin's pytest_addoption)
-
-
-def add_sst2_option(parser) -> None:
-    """Register ``--sst2-dir`` and ini ``sst2_dir`` (the plugin's pytest_addoption calls this)."""
-    group = parser.getgroup("sglang-runner")
-    group.addoption(OPTION, dest="sst2_dir", default=None, metavar="DIR",
-                    help="local SST-2 data for the MeZO tests: GLUE SST-2 or MeZO's k-shot layout (never downloaded)")
-    parser.addini(INI, "default for --sst2-dir", default="")
-
-
-def sst2_dir_from_config(config) -> Path | None:
-    """--sst2-dir, else ini sst2_dir (relative to the rootdir), else None."""
-    try:
-        value = config.getoption("sst2_dir")
-    except ValueError:
-        value = None
-    if not value:
-        try:
-            value = config.getini(INI)
-        except ValueError:
-            value = ""
-        if value:
-            return Path(config.rootpath, value)
-    return Path(value).expanduser() if value else None
 
 
 # --------------------------------------------------------------------------------------------

@@ -106,3 +106,12 @@ def test_marker_overrides_are_checked_like_options():
         RunnerSpec().with_overrides(tp="x")
     spec = RunnerSpec().with_overrides(dtype="bfloat16", chunked_prefill_size=64)
     assert spec.dtype == "bfloat16" and spec.server_args == (("chunked_prefill_size", 64),)
+
+
+def test_sst2_dir_reaches_its_fixture_from_option_and_ini(pytester, tmp_path):
+    pytester.makepyfile(test_dir="def test_dir(sst2_dir):\n    print('SST2', sst2_dir)\n")
+    pytester.makeini(f"[pytest]\nsst2_dir = {tmp_path / 'from-ini'}\n")
+    from_ini = pytester.runpytest_inprocess("-s", "-p", "no:cacheprovider")
+    from_option = pytester.runpytest_inprocess("-s", "-p", "no:cacheprovider", f"--sst2-dir={tmp_path / 'from-option'}")
+    assert any(f"SST2 {tmp_path / 'from-ini'}" in line for line in from_ini.outlines)
+    assert any(f"SST2 {tmp_path / 'from-option'}" in line for line in from_option.outlines)

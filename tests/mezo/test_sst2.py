@@ -69,17 +69,3 @@ def test_paper_protocol_runs_on_synthetic_kshot(fresh_hf, prompt, tmp_path):
     png = result["history"].save_plot(tmp_path / "kshot.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert mezo.max_abs_difference(mezo.canonical_state(lm.views), initial) > 0
-
-
-def test_add_sst2_option(pytester):
-    """The option and ini key the plugin registers through `add_sst2_option`."""
-    pytester.makeconftest(
-        "from pytest_sglang_runner import sst2\n"
-        "def pytest_addoption(parser):\n"
-        "    try:\n        sst2.add_sst2_option(parser)\n"
-        "    except ValueError:\n        pass  # the installed plugin registered it already\n"
-        "def test_x(pytestconfig):\n    assert str(sst2.sst2_dir_from_config(pytestconfig)).endswith('data')\n"
-    )
-    pytester.makepyfile(test_opt="from conftest import test_x\n")
-    result = pytester.runpytest("--sst2-dir", "data", "-p", "no:sglang_runner")
-    result.assert_outcomes(passed=1)
