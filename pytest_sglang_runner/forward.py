@@ -9,12 +9,9 @@ again (MeZO runs one batch twice per step); only one prepared batch lives at a t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from . import sglang_compat
-
-Inputs = "str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]"
-
 
 @dataclass
 class ForwardResult:

@@ -92,11 +92,10 @@ def _architectures(model_path: str) -> list[str]:
     return list(_model_config(model_path).get("architectures") or [])
 
 
-def checkpoint_dtype(spec_dtype: str, model_path: str) -> str:
+def checkpoint_dtype(spec_dtype: str, config: dict) -> str:
     """``auto`` means the checkpoint's own dtype (SGLang's ``auto`` would run fp32 checkpoints in fp16)."""
     if spec_dtype != "auto":
         return spec_dtype
-    config = _model_config(model_path)
     saved = str(config.get("dtype") or config.get("torch_dtype") or "auto")
     return saved if saved in ("float32", "float16", "bfloat16") else "auto"
 
@@ -105,11 +104,12 @@ def server_args_kwargs(spec: RunnerSpec, model_path: str, device: str, dist_port
     """ServerArgs for a test runner: small KV pool, no prefix cache, no CUDA graphs, fixed ports."""
     from .models import KIT_ARCHITECTURES
 
+    config = _model_config(model_path)
     kwargs: dict[str, Any] = dict(
         model_path=model_path,
         tokenizer_path=model_path,
         device=device,
-        dtype=checkpoint_dtype(spec.dtype, model_path),
+        dtype=checkpoint_dtype(spec.dtype, config),
         tp_size=spec.tp,
         attention_backend=spec.attention_backend or ("triton" if device == "cuda" else "torch_native"),
         max_total_tokens=spec.max_total_tokens,
@@ -124,7 +124,7 @@ def server_args_kwargs(spec: RunnerSpec, model_path: str, device: str, dist_port
         kwargs["sampling_backend"] = "pytorch"
     if spec.mem_fraction is not None:
         kwargs["mem_fraction_static"] = spec.mem_fraction
-    if any(arch in KIT_ARCHITECTURES for arch in _architectures(model_path)):
+    if any(arch in KIT_ARCHITECTURES for arch in config.get("architectures") or ()):
         kwargs["is_embedding"] = True
     kwargs.update(sglang_compat.typed_server_args(dict(spec.server_args)))
     return kwargs

@@ -144,9 +144,6 @@ def _require_dir(directory: Path | None) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# pytest wiring (called from the plugin's pytest_addoption)
-
-
 # --------------------------------------------------------------------------------------------
 # Synthetic SST-2-format task (tests)
 

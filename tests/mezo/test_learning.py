@@ -19,8 +19,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from pytest_sglang_runner import mezo, sst2
 
 SMALL_CONFIG = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=34)

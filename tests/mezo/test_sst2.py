@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from pytest_sglang_runner import mezo, sst2
 
