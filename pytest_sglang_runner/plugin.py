@@ -197,6 +197,9 @@ def hf_model(request: pytest.FixtureRequest, runner_factory: RunnerFactory, sgla
 
 @pytest.fixture
 def sst2_dir(request: pytest.FixtureRequest) -> Path | None:
-    """--sst2-dir / ini sst2_dir as a Path, or None when not given."""
-    value = request.config.getoption("sst2_dir") or request.config.getini("sst2_dir")
-    return Path(os.path.expanduser(value)) if value else None
+    """--sst2-dir (relative to the working directory) or ini sst2_dir (relative to the rootdir), or None."""
+    config = request.config
+    if config.getoption("sst2_dir"):
+        return Path(os.path.expanduser(config.getoption("sst2_dir")))
+    value = config.getini("sst2_dir")
+    return config.rootpath / os.path.expanduser(value) if value else None

@@ -115,3 +115,6 @@ def test_sst2_dir_reaches_its_fixture_from_option_and_ini(pytester, tmp_path):
     from_option = pytester.runpytest_inprocess("-s", "-p", "no:cacheprovider", f"--sst2-dir={tmp_path / 'from-option'}")
     assert any(f"SST2 {tmp_path / 'from-ini'}" in line for line in from_ini.outlines)
     assert any(f"SST2 {tmp_path / 'from-option'}" in line for line in from_option.outlines)
+    pytester.makeini("[pytest]\nsst2_dir = data/sst2\n")
+    relative = pytester.runpytest_inprocess("-s", "-p", "no:cacheprovider")
+    assert any(f"SST2 {pytester.path / 'data' / 'sst2'}" in line for line in relative.outlines)
