@@ -1,9 +1,10 @@
-"""Token lists (or texts) in, logits / hidden states / embeddings out: no ScheduleBatch plumbing.
+"""Token lists (or texts) in, logits / hidden states / embeddings / generations out: no batch plumbing.
 
 `Forward` packs a batch the way SGLang's scheduler would (through the version adapter), runs
 it on the ModelRunner, splits the packed output back into one tensor per sequence, and gives
 the KV slots back. `prepare` / `run` / `release` keep a packed batch alive so it can be run
 again (MeZO runs one batch twice per step); only one prepared batch lives at a time.
+`generate` decodes greedily (`generation.generate`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import sglang_compat
+from . import generation, sglang_compat
+
 
 @dataclass
 class ForwardResult:
@@ -71,15 +73,11 @@ class PreparedBatch:
     released: bool = False
 
 
-class Forward:
-    """Runs batches on one ModelRunner; with TP, `mirror` replays each call on the other ranks."""
+class Tokenized:
+    """Texts or token ids in, token lists out, through the checkpoint's own tokenizer (loaded on first use)."""
 
-    def __init__(self, runner, model_path: str | None = None, mirror: Callable[..., None] | None = None):
-        self.runner = runner
-        self.model_path = model_path or runner.model_config.model_path
-        self._mirror = mirror or (lambda *call: None)
-        self._tokenizer = None
-        self._live: PreparedBatch | None = None
+    model_path: str
+    _tokenizer: Any = None
 
     @property
     def tokenizer(self):
@@ -93,7 +91,7 @@ class Forward:
         return self._tokenizer
 
     def token_lists(self, inputs) -> list[list[int]]:
-        """Normalise a text, texts, one token list or token lists into token lists."""
+        """A text, texts, one token list or token lists, as token lists."""
         if isinstance(inputs, str):
             inputs = [inputs]
         inputs = list(inputs)
@@ -109,10 +107,31 @@ class Forward:
             lists.append(ids)
         return lists
 
-    def prepare(self, inputs, hidden_states: bool = False) -> PreparedBatch:
-        """Allocate KV slots and pack the batch; it can then be `run` any number of times."""
+    def decode(self, ids) -> str | None:
+        """The text of ``ids`` (special tokens skipped), or None for a checkpoint without a tokenizer."""
+        try:
+            tokenizer = self.tokenizer
+        except ValueError:
+            return None
+        return tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+class Forward(Tokenized):
+    """Runs batches on one ModelRunner; with TP, `mirror` replays each call on the other ranks."""
+
+    def __init__(self, runner, model_path: str | None = None, mirror: Callable[..., None] | None = None):
+        self.runner = runner
+        self.model_path = model_path or runner.model_config.model_path
+        self._mirror = mirror or (lambda *call: None)
+        self._live: PreparedBatch | None = None
+
+    def _check_no_live_batch(self) -> None:
         if self._live is not None:
             raise RuntimeError("a prepared batch is still alive: release() it before preparing another")
+
+    def prepare(self, inputs, hidden_states: bool = False) -> PreparedBatch:
+        """Allocate KV slots and pack the batch; it can then be `run` any number of times."""
+        self._check_no_live_batch()
         token_lists = self.token_lists(inputs)
         self._mirror("prepare", token_lists, hidden_states)
         packed = sglang_compat.pack_batch(self.runner, token_lists, capture_hidden=hidden_states)
@@ -157,3 +176,32 @@ class Forward:
 
     def embeddings(self, inputs):
         return self(inputs).embeddings
+
+    def generate(
+        self,
+        prompts,
+        max_new_tokens: int = 16,
+        top_logprobs: int | None = 5,
+        stop_token_ids=(),
+        ignore_eos: bool = False,
+    ) -> list[generation.Generation]:
+        """Greedy continuations, one `Generation` per prompt (texts or token lists, any lengths).
+
+        One extend batch, then decode steps through ``ModelRunner.forward`` (captured CUDA graphs
+        when the runner has them); each sequence stops at its EOS, a stop token or
+        ``max_new_tokens``. ``top_logprobs=None`` skips logprobs.
+        """
+        if not self.runner.is_generation:
+            raise ValueError(
+                f"generate() needs a generative model; {self.model_path} runs as an embedding model here "
+                "(use sglang_forward(...) for its logits or embeddings)"
+            )
+        self._check_no_live_batch()
+        token_lists = self.token_lists(prompts)
+        generation.check_request(self.runner, token_lists, max_new_tokens, top_logprobs)  # before any rank starts
+        options = dict(max_new_tokens=max_new_tokens, top_logprobs=top_logprobs, stop_token_ids=tuple(stop_token_ids), ignore_eos=ignore_eos)
+        self._mirror("generate", token_lists, options)
+        results = generation.generate(self.runner, token_lists, **options)
+        for result in results:
+            result.text = self.decode(result.output_ids)
+        return results

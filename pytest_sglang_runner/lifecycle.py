@@ -23,6 +23,7 @@ from typing import Any
 
 from . import devices, ports, sglang_compat
 from .forward import Forward
+from .generation import generate
 from .options import RunnerSpec, SpecError
 
 PEER_START_TIMEOUT_S = 300.0
@@ -67,7 +68,7 @@ def resolve_model_path(spec: RunnerSpec, cache_root: Path) -> str:
     if spec.uses_embedded_model:
         from .models.embedded import ensure_embedded_model
 
-        return str(ensure_embedded_model(cache_root))
+        return str(ensure_embedded_model(cache_root, spec.model))
     if os.path.isdir(spec.model):
         return spec.model
     try:
@@ -135,12 +136,30 @@ def _build_rank(spec: RunnerSpec, kwargs: dict, rank: int, gpu_id: int, dist_por
 
     register_kit_models()
     server_args = sglang_compat.make_server_args(**kwargs)
-    return sglang_compat.build_model_runner(server_args, tp_rank=rank, gpu_id=gpu_id, dist_port=dist_port, device=device)
+    runner = sglang_compat.build_model_runner(server_args, tp_rank=rank, gpu_id=gpu_id, dist_port=dist_port, device=device)
+    warm_up(runner)
+    return runner
+
+
+def warm_up(runner) -> None:
+    """Two tokens through every path a test takes (prompt; a decode step for generative models).
+
+    A kernel that cannot run this model (a dtype it lacks, an op missing on this device) then
+    fails the build, once, with advice, instead of every test with a traceback from inside SGLang.
+    Every TP rank runs it at the same point, so its collectives line up.
+    """
+    if runner.is_generation:
+        generate(runner, [[0, 1]], max_new_tokens=2, top_logprobs=None, ignore_eos=True)
+    else:
+        try:
+            sglang_compat.run_packed(runner, sglang_compat.pack_batch(runner, [[0, 1]]))
+        finally:
+            sglang_compat.free_kv(runner)
 
 
 def _serve_rank(conn, spec: RunnerSpec, kwargs: dict, rank: int, gpu_id: int, dist_port: int, device: str) -> None:
     """Body of a TP peer process: build rank `rank`, then replay rank 0's forward calls until told to close."""
-    sglang_compat.prepare_process(device, spec.tp)
+    sglang_compat.prepare_process(device)
     sglang_compat.import_sglang()
     forward = None
     try:
@@ -155,6 +174,8 @@ def _serve_rank(conn, spec: RunnerSpec, kwargs: dict, rank: int, gpu_id: int, di
                 forward.run(prepared)
             elif command == "release":
                 forward.release()
+            elif command == "generate":
+                forward.generate(args[0], **args[1])
             elif command == "close":
                 sglang_compat.barrier()
                 break
@@ -256,6 +277,36 @@ def teardown(live: LiveRunner | None = None, *, peers: RankPeers | None = None, 
         raise errors[0]
 
 
+def _drop_frames(exc: BaseException) -> None:
+    """Clear the locals of every frame in an exception chain (the text of the traceback stays)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+
+
+def build_failure(spec: RunnerSpec, model_path: str, device: str, exc: BaseException) -> Exception:
+    """What went wrong, in the user's terms: the option to change, or the architecture and SGLang version."""
+    version = sglang_compat.installed_version()
+    architecture = ", ".join(_architectures(model_path)) or "the model"
+    refused = sglang_compat.refused_dtype(exc)
+    if refused is not None and device == "cuda":
+        dtype_flag = f"--sglang-dtype {spec.dtype}" if spec.dtype != "auto" else f"--sglang-dtype auto (the checkpoint's {refused})"
+        return SpecError(
+            f"{dtype_flag}: SGLang {version}'s CUDA kernels for {architecture} have no {refused} path "
+            f"({type(exc).__name__}: {exc}); use --sglang-dtype bfloat16 (or float16), or --sglang-device cpu for {refused}"
+        )
+    hint = ""
+    unknown = [arch for arch in _architectures(model_path) if arch not in sglang_compat.supported_architectures()]
+    if unknown:
+        hint = f" (SGLang {version} registers no model class {', '.join(unknown)}; its Transformers fallback failed too)"
+    return RunnerBuildError(
+        f"building the SGLang runner failed: SGLang {version} could not build {architecture}{hint} "
+        f"({spec.describe()}): {type(exc).__name__}: {exc}"
+    )
+
+
 @dataclass
 class RunnerFactory:
     """Owns this process's runner: built on first use, rebuilt when the spec changes, closed once."""
@@ -267,6 +318,7 @@ class RunnerFactory:
     _live: LiveRunner | None = None
     _failed: dict = field(default_factory=dict)
     _hf_models: dict = field(default_factory=dict)
+    _hf_runners: dict = field(default_factory=dict)
 
     def spec_for(self, **overrides: Any) -> RunnerSpec:
         return self.default_spec.with_overrides(**overrides) if overrides else self.default_spec
@@ -294,6 +346,7 @@ class RunnerFactory:
         """Tear the live runner down (no-op when none is alive)."""
         live, self._live = self._live, None
         self._hf_models.clear()
+        self._hf_runners.clear()
         if live is not None:
             teardown(live)
 
@@ -311,12 +364,31 @@ class RunnerFactory:
             self._hf_models[model_path] = model_class.from_pretrained(model_path, dtype=torch.float32).eval()
         return self._hf_models[model_path]
 
+    def hf_runner(self, spec: RunnerSpec | None = None, model_path: str | None = None):
+        """An `HFRunner` of the spec's checkpoint in the runner's dtype, on the runner's device, with
+        float32 logits when the runner has them (``enable_fp32_lm_head``); cached."""
+        from .reference import HFRunner
+
+        spec = spec or self.default_spec
+        model_path = model_path or self.model_path(spec)
+        dtype = checkpoint_dtype(spec.dtype, _model_config(model_path))
+        dtype = "float32" if dtype == "auto" else dtype
+        device = devices.resolve_device(spec.device)
+        if device == "cuda":
+            device = f"cuda:{devices.gpu_ids_for_worker(self.worker_index, spec.tp)[0]}"
+        raw = dict(spec.server_args).get("enable_fp32_lm_head")
+        fp32_lm_head = raw is not None and bool(sglang_compat.typed_server_args({"enable_fp32_lm_head": raw})["enable_fp32_lm_head"])
+        key = (model_path, dtype, device, fp32_lm_head)
+        if key not in self._hf_runners:
+            self._hf_runners[key] = HFRunner(model_path, dtype=dtype, device=device, fp32_lm_head=fp32_lm_head)
+        return self._hf_runners[key]
+
     def _build(self, spec: RunnerSpec) -> LiveRunner:
         started = time.perf_counter()
         device = devices.resolve_device(spec.device)
         gpu_ids = devices.gpu_ids_for_worker(self.worker_index, spec.tp) if device == "cuda" else [0] * spec.tp
         model_path = resolve_model_path(spec, self.cache_root)
-        sglang_compat.prepare_process(device, spec.tp)
+        sglang_compat.prepare_process(device)
         sglang_compat.import_sglang()
         api = sglang_compat.detect_api()
         reservations = ports.reserve_ports(2)
@@ -329,14 +401,14 @@ class RunnerFactory:
             runner = _build_rank(spec, kwargs, 0, gpu_ids[0], dist_port, device)
             if peers is not None:
                 peers.wait_ready()
-        except SpecError:
-            teardown(peers=peers, reservations=reservations, device=device)
-            raise
         except Exception as exc:
+            # Nothing of a failed build may stay reachable from its traceback (weights, KV pool).
+            runner = None
+            _drop_frames(exc)
             teardown(peers=peers, reservations=reservations, device=device)
-            raise RunnerBuildError(
-                f"building the SGLang runner failed ({spec.describe()}): {type(exc).__name__}: {exc}"
-            ) from exc
+            if isinstance(exc, SpecError):
+                raise
+            raise build_failure(spec, model_path, device, exc) from exc
         record = BuildRecord(
             model=model_path,
             device=device if device == "cpu" else f"cuda:{','.join(map(str, gpu_ids))}",

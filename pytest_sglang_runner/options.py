@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 DEVICES = ("auto", "cuda", "cpu")
+# Models the kit writes itself (models/embedded.py); "embedded" alone means the default.
+EMBEDDED_MODELS = ("embedded-roberta", "embedded-llama")
+DEFAULT_MODEL = "embedded-roberta"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -62,7 +65,9 @@ def _model(option: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = str(value).strip()
         if not text or text == "embedded":
-            return ""
+            return DEFAULT_MODEL
+        if text in EMBEDDED_MODELS:
+            return text
         expanded = os.path.expanduser(text)
         looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep + os.sep in text
         if os.path.exists(expanded):
@@ -123,7 +128,12 @@ def _option(name: str, help: str, make_parser: Callable[[str], Callable[[Any], A
 
 
 OPTIONS: tuple[Option, ...] = (
-    _option("model", "model directory or id SGLang can resolve (default: the kit's embedded RoBERTa)", _model, metavar="PATH_OR_ID"),
+    _option(
+        "model",
+        "model directory, a model id in the local HF cache, or one the kit writes: embedded-roberta (default), embedded-llama",
+        _model,
+        metavar="PATH_OR_ID",
+    ),
     _option("device", "auto (cuda when a GPU is visible), cuda or cpu", lambda o: _choice(o, DEVICES), metavar="DEVICE"),
     _option("dtype", "model dtype: " + ", ".join(DTYPES), lambda o: _choice(o, DTYPES), metavar="DTYPE"),
     _option("tp", "tensor-parallel size (ranks beyond 0 run in child processes)", _positive_int, metavar="N"),
@@ -139,7 +149,7 @@ OPTIONS_BY_FIELD = {option.field: option for option in OPTIONS}
 class RunnerSpec:
     """Everything that decides which runner gets built; equal specs share one runner."""
 
-    model: str = ""
+    model: str = DEFAULT_MODEL
     device: str = "auto"
     dtype: str = "auto"
     tp: int = 1
@@ -150,7 +160,7 @@ class RunnerSpec:
 
     @property
     def uses_embedded_model(self) -> bool:
-        return not self.model
+        return self.model in EMBEDDED_MODELS
 
     def with_overrides(self, **overrides: Any) -> "RunnerSpec":
         """A copy with marker/factory overrides applied; unknown keys go to ServerArgs."""
@@ -167,8 +177,7 @@ class RunnerSpec:
         return dataclasses.replace(self, server_args=tuple(sorted(extra.items())), **changes)
 
     def describe(self) -> str:
-        model = self.model or "embedded RoBERTa"
-        return f"model={model} device={self.device} dtype={self.dtype} tp={self.tp}"
+        return f"model={self.model} device={self.device} dtype={self.dtype} tp={self.tp}"
 
 
 def spec_from_values(get: Callable[[Option], Any]) -> RunnerSpec:

@@ -196,6 +196,16 @@ def hf_model(request: pytest.FixtureRequest, runner_factory: RunnerFactory, sgla
 
 
 @pytest.fixture
+def hf_runner(request: pytest.FixtureRequest, runner_factory: RunnerFactory, sglang_model_path: str):
+    """The test's checkpoint in HF transformers, in the runner's dtype and on its device, with the
+    runner's method names and result types (`generate`, `next_token_logits`); cached per model."""
+    try:
+        return runner_factory.hf_runner(runner_factory.spec_for(**_marker_overrides(request.node)), sglang_model_path)
+    except SpecError as exc:
+        raise pytest.UsageError(f"{request.node.nodeid}: {exc}") from None
+
+
+@pytest.fixture
 def sst2_dir(request: pytest.FixtureRequest) -> Path | None:
     """--sst2-dir (relative to the working directory) or ini sst2_dir (relative to the rootdir), or None."""
     config = request.config

@@ -65,7 +65,12 @@ def test_ini_keys_and_command_line_precedence(pytester):
 
 def test_defaults_use_the_embedded_model(pytester):
     line = spec_of(pytester)
-    assert repr(RunnerSpec()) in line
+    assert repr(RunnerSpec()) in line and "model='embedded-roberta'" in line
+
+
+@pytest.mark.parametrize("value, model", [("embedded", "embedded-roberta"), ("embedded-roberta", "embedded-roberta"), ("embedded-llama", "embedded-llama")])
+def test_embedded_model_names_select_the_kits_models(pytester, value, model):
+    assert f"model='{model}'" in spec_of(pytester, f"--sglang-model={value}")
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,8 @@
-"""The embedded default model: a small RoBERTa masked LM the kit writes itself, offline.
+"""The embedded models: written by the kit itself, offline, once per test run.
+
+``embedded-roberta`` (the default) is a small RoBERTa masked LM; ``embedded-llama`` is a tiny
+Llama decoder (`embedded_llama`). This module writes the RoBERTa and holds what both share: the
+word lists and the tokenizer training, and `ensure_embedded_model`.
 
 Same bytes every time for a given torch/transformers/tokenizers: the tokenizer is a byte-level
 BPE trained on a fixed word list, the weights come from one seeded generator. The checkpoint is
@@ -70,18 +74,25 @@ def _corpus() -> list[str]:
     return lines
 
 
+def train_bpe(special_tokens: tuple[str, ...]):
+    """A byte-level BPE trained on the fixed word list: every word is one token, same ids every time."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(_corpus(), vocab_size=1000, min_frequency=1, special_tokens=list(special_tokens), show_progress=False)
+    return bpe
+
+
 def build_tokenizer(directory: Path):
     """Train the byte-level BPE tokenizer and save it as a RoBERTa tokenizer in ``directory``.
 
     Wrapped as a tokenizer object rather than rebuilt from vocab/merges files, which
     transformers 5.12 and 5.19 read differently; the saved tokenizer.json is the same in both.
     """
-    from tokenizers import ByteLevelBPETokenizer
     from tokenizers.processors import RobertaProcessing
     from transformers import RobertaTokenizerFast
 
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(_corpus(), vocab_size=1000, min_frequency=1, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    bpe = train_bpe(SPECIAL_TOKENS)
     bpe._tokenizer.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
     directory.mkdir(parents=True, exist_ok=True)
     bpe.save_model(str(directory))  # vocab.json and merges.txt, for RoBERTa's slow tokenizer
@@ -150,21 +161,28 @@ def write_random_roberta(directory: Path, shape: dict = ROBERTA_LARGE_SHAPE, dty
     return _save(build_model(shape.get("vocab_size") or len(tokenizer), shape=shape, **init), directory, dtype)
 
 
-def ensure_embedded_model(root: Path) -> Path:
-    """The embedded model under ``root``, written by the first process to get there (file-locked)."""
+def _writers() -> dict:
+    from .embedded_llama import write_embedded_llama
+
+    return {"embedded-roberta": write_embedded_model, "embedded-llama": write_embedded_llama}
+
+
+def ensure_embedded_model(root: Path, name: str = "embedded-roberta") -> Path:
+    """The embedded model ``name`` under ``root``, written by the first process to get there (file-locked)."""
     from filelock import FileLock
 
+    writer = _writers()[name]
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    target = root / "embedded-roberta"
-    with FileLock(str(root / "embedded-roberta.lock")):
+    target = root / name
+    with FileLock(str(root / f"{name}.lock")):
         if not (target / "model.safetensors").is_file():
-            staging = root / "embedded-roberta.partial"
+            staging = root / f"{name}.partial"
             if staging.exists():
                 import shutil
 
                 shutil.rmtree(staging)
-            write_embedded_model(staging)
+            writer(staging)
             staging.rename(target)
     return target
 

@@ -1,0 +1,54 @@
+"""The SGLang version adapter: every difference between SGLang releases lives in this package.
+
+- `process`: the environment SGLang reads at import, the import itself, which bootstrap API it has;
+- `server_args`: ``--sglang-arg KEY=VALUE`` checked and typed against this SGLang's ``ServerArgs``;
+- `bootstrap`: one rank's ModelRunner built in the order this SGLang needs, and torn down;
+- `shims`: what a plain install cannot run as it stands (CPU layers, dropped config attributes,
+  kernels without a dtype) and what the kit does about it;
+- `batches`: extend batches and greedy decode steps through the scheduler's own preparation.
+
+The rest of the kit imports from here, never from SGLang's batch or bootstrap modules directly.
+"""
+
+from .batches import GreedyBatch, PackedBatch, Step, free_kv, free_kv_slots, pack_batch, prefix_cache_disabled, run_packed
+from .bootstrap import barrier, build_model_runner, destroy_distributed_state
+from .process import (
+    SUPPORTED_VERSIONS,
+    UnsupportedSGLang,
+    detect_api,
+    import_sglang,
+    installed_version,
+    prepare_process,
+    supported_architectures,
+    uses_cpu_engine,
+)
+from .server_args import make_server_args, resolved, typed_server_args
+from .shims import cpu_native_layers, fill_config_gaps, refused_dtype
+
+__all__ = [
+    "SUPPORTED_VERSIONS",
+    "GreedyBatch",
+    "PackedBatch",
+    "Step",
+    "UnsupportedSGLang",
+    "barrier",
+    "build_model_runner",
+    "cpu_native_layers",
+    "destroy_distributed_state",
+    "detect_api",
+    "fill_config_gaps",
+    "free_kv",
+    "free_kv_slots",
+    "import_sglang",
+    "installed_version",
+    "make_server_args",
+    "pack_batch",
+    "prefix_cache_disabled",
+    "prepare_process",
+    "refused_dtype",
+    "resolved",
+    "run_packed",
+    "supported_architectures",
+    "typed_server_args",
+    "uses_cpu_engine",
+]

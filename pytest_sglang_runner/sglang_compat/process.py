@@ -1,0 +1,135 @@
+"""The process SGLang runs in: environment read at import, the import itself, and which API it has."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import os
+
+SUPPORTED_VERSIONS = {
+    "0.5.17": "runner-builds-groups",
+    "0.5.23": "caller-builds-groups",
+}
+
+# The runner's modules plus those it would otherwise import lazily inside a build.
+_IMPORTED_ON_A_CLEAN_STACK = (
+    "sglang.srt.server_args",
+    "sglang.srt.configs.model_config",
+    "sglang.srt.distributed.bootstrap",
+    "sglang.srt.model_executor.model_runner",
+    "sglang.srt.model_executor.forward_batch_info",
+    "sglang.srt.managers.schedule_batch",
+    "sglang.srt.utils.torch_memory_saver_adapter",
+    "sglang.srt.layers.quantization.mxfp4",
+    "sglang.srt.layers.attention.dsa.dsa_indexer",
+    "sglang.srt.layers.attention.torch_native_backend",
+    "sglang.srt.layers.attention.triton_backend",
+)
+
+
+class UnsupportedSGLang(RuntimeError):
+    """The installed SGLang's API is not one the kit knows how to bootstrap."""
+
+
+def prepare_process(device: str) -> None:
+    """Environment SGLang reads once, at import; call before the first SGLang import."""
+    if device == "cpu":
+        # A CUDA build of torch on a GPU-less machine makes SGLang try PyNccl for TP>1.
+        os.environ.setdefault("SGLANG_NCCL_SO_PATH", "/nonexistent")
+        # The first TP>1 forward would torch.compile a helper for 10-20 s on CPU, same outputs.
+        os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
+    # Keep SGLang on its plain CPU path unless the user chose its Xeon engine explicitly.
+    os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "0")
+
+
+@contextlib.contextmanager
+def cpu_threads_bind(device: str, tp: int):
+    """While a CPU rank of a TP>1 runner is built: one core range per rank (SGLang reads
+    ``SGLANG_CPU_OMP_THREADS_BIND`` then, and 0.5.17 wants exactly ``tp`` ranges, so a value left
+    behind would break the next TP=1 build or a child pytest). A user's own setting is kept."""
+    name = "SGLANG_CPU_OMP_THREADS_BIND"
+    if device != "cpu" or tp == 1 or name in os.environ:
+        yield
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    share = max(1, len(cores) // tp)
+    groups = [cores[(rank * share) % len(cores) : (rank * share) % len(cores) + share] for rank in range(tp)]
+    os.environ[name] = "|".join(f"{g[0]}-{g[-1]}" for g in groups)
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+def uses_cpu_engine() -> bool:
+    """SGLang's Xeon engine (``SGLANG_USE_CPU_ENGINE=1``, needs sgl_kernel's CPU build) instead of its plain CPU path."""
+    return os.environ.get("SGLANG_USE_CPU_ENGINE", "0") == "1"
+
+
+def installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sglang")
+    except PackageNotFoundError:
+        raise UnsupportedSGLang(
+            f"SGLang is not installed; pip install 'sglang' (supported: {', '.join(SUPPORTED_VERSIONS)})"
+        ) from None
+
+
+def detect_api() -> str:
+    """Which bootstrap order the installed SGLang needs."""
+    from sglang.srt.distributed import bootstrap
+    from sglang.srt.model_executor.model_runner import ModelRunner
+
+    runner_params = inspect.signature(ModelRunner.__init__).parameters
+    if hasattr(bootstrap, "init_parallel_runtime") and "ps" not in runner_params:
+        return "caller-builds-groups"
+    if "ps" in runner_params and hasattr(bootstrap, "init_torch_distributed"):
+        return "runner-builds-groups"
+    supported = ", ".join(f"{v} ({api})" for v, api in SUPPORTED_VERSIONS.items())
+    raise UnsupportedSGLang(
+        f"SGLang {installed_version()} has a ModelRunner bootstrap this kit does not know; supported: {supported}. "
+        "Install one of those (pip install 'sglang==0.5.23') or a newer pytest-sglang-runner."
+    )
+
+
+def import_sglang() -> None:
+    """Import SGLang's runner modules on a thread of their own, once.
+
+    Some SGLang modules keep a failed optional import's exception in a module global. Its
+    traceback holds every frame of the importing stack; imported from the build's own stack,
+    that pins the first runner (weights, KV pool) for the life of the process. A fresh
+    thread's stack holds nothing of ours.
+    """
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            for name in _IMPORTED_ON_A_CLEAN_STACK:
+                try:
+                    importlib.import_module(name)
+                except ImportError:
+                    if not name.startswith("sglang.srt.layers"):
+                        raise
+            from sglang.srt.models.registry import ModelRegistry
+
+            ModelRegistry.get_supported_archs()  # imports every model module now
+        except BaseException as exc:  # re-raised on the caller's thread
+            errors.append(exc)
+
+    import threading
+
+    thread = threading.Thread(target=load, name="sglang-import")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def supported_architectures() -> set[str]:
+    """Model classes this SGLang registers (the kit's own included, once registered)."""
+    from sglang.srt.models.registry import ModelRegistry
+
+    return set(ModelRegistry.get_supported_archs())

@@ -1,0 +1,75 @@
+"""Where a plain SGLang install cannot run a model as it stands, and what the kit does about it.
+
+* **Plain CPU runners.** A PyPI install runs on CPU with ``device="cpu"`` and
+  ``SGLANG_USE_CPU_ENGINE=0`` (the Xeon engine needs a CPU build of sgl_kernel). SGLang's
+  ``is_cpu()`` is false there, so layers pick their CUDA-era fallback kernels: every
+  ``RotaryEmbedding`` imports vLLM's ``rotary_embedding`` (``No module named 'vllm'``).
+  `cpu_native_layers` makes those layers take SGLang's own torch path (``forward_native``)
+  while a CPU runner is built, and puts the flags back afterwards.
+* **Config attributes transformers 5 dropped** that SGLang's model classes still read
+  (``position_embedding_type`` for BERT and RoBERTa): `fill_config_gaps` sets their old defaults.
+* **Kernels without a dtype.** sgl_kernel's CUDA RMSNorm has no float32 kernel ("rmsnorm(...)
+  failed to dispatch data type Float"); `refused_dtype` reads that from an error, so the build
+  can name ``--sglang-dtype bfloat16`` instead of showing SGLang's traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import re
+
+from .process import uses_cpu_engine
+
+# (module, flag): module-level "am I on CPU" flags that decide, when a layer is built, between
+# SGLang's torch implementation and a CUDA/vLLM fallback kernel.
+_CPU_LAYER_FLAGS = (("sglang.srt.layers.rotary_embedding.base", "_is_cpu"),)
+
+# transformers 5 removed these config attributes; SGLang still reads them (value: the old default).
+_DROPPED_CONFIG_DEFAULTS = {"position_embedding_type": "absolute"}
+
+_DISPATCH_FAILURE = re.compile(r"failed to dispatch data type (\w+)")
+_TORCH_DTYPE_NAMES = {"Float": "float32", "Half": "float16", "BFloat16": "bfloat16", "Double": "float64"}
+
+
+@contextlib.contextmanager
+def cpu_native_layers(device: str):
+    """While a plain-CPU runner is built, its layers choose SGLang's native torch implementations."""
+    if device != "cpu" or uses_cpu_engine():
+        yield
+        return
+    saved = []
+    for module_name, flag in _CPU_LAYER_FLAGS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        if hasattr(module, flag):
+            saved.append((module, flag, getattr(module, flag)))
+            setattr(module, flag, True)
+    try:
+        yield
+    finally:
+        for module, flag, value in saved:
+            setattr(module, flag, value)
+
+
+def fill_config_gaps(hf_config) -> None:
+    """Give a transformers 5 config the attributes SGLang's model classes still read."""
+    configs = [hf_config] + [getattr(hf_config, name, None) for name in ("text_config",)]
+    for config in filter(None, configs):
+        for name, default in _DROPPED_CONFIG_DEFAULTS.items():
+            if getattr(config, name, None) is None:
+                setattr(config, name, default)
+
+
+def refused_dtype(exc: BaseException) -> str | None:
+    """The dtype a kernel refused to run ("failed to dispatch data type Float" -> "float32"), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        match = _DISPATCH_FAILURE.search(str(exc))
+        if match:
+            return _TORCH_DTYPE_NAMES.get(match.group(1), match.group(1))
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -1,0 +1,79 @@
+"""Architectures beyond the decoders: BERT builds and matches HF; one SGLang cannot build says which and why."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from pytest_sglang_runner.lifecycle import RunnerBuildError, build_failure
+from pytest_sglang_runner.options import RunnerSpec, SpecError
+from pytest_sglang_runner.sglang_compat import installed_version
+
+SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128)
+
+
+def _save(model_class, config, directory):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model_class(config).save_pretrained(str(directory))
+    return str(directory)
+
+
+def test_bert_embeddings_match_hf_normalised_cls(runner_factory, tmp_path):
+    """transformers 5 no longer writes position_embedding_type, which SGLang's BERT reads: the adapter fills it in."""
+    from transformers import BertConfig, BertModel
+
+    path = _save(BertModel, BertConfig(vocab_size=512, **SMALL), tmp_path / "bert")
+    assert "position_embedding_type" not in json.loads((tmp_path / "bert" / "config.json").read_text())
+    live = runner_factory.get(model=path)
+    batch = [[101, 5, 6, 7, 102], [101, 9, 102]]
+    ours = live.forward(batch).embeddings.float().cpu()
+    reference = BertModel.from_pretrained(path).eval()
+    tolerance = 1e-5 if live.device == "cpu" else 5e-3  # triton attention computes fp32 in TF32
+    for row, ids in enumerate(batch):
+        with torch.no_grad():
+            cls = reference(torch.tensor([ids])).last_hidden_state[0, 0]
+        assert (ours[row] - torch.nn.functional.normalize(cls, dim=-1)).abs().max().item() <= tolerance
+
+
+def test_an_unknown_architecture_is_named_with_the_sglang_version(runner_factory, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = _save(LlamaForCausalLM, LlamaConfig(vocab_size=512, num_key_value_heads=2, **SMALL), tmp_path / "foo")
+    config = json.loads((tmp_path / "foo" / "config.json").read_text())
+    (tmp_path / "foo" / "config.json").write_text(json.dumps(dict(config, architectures=["FooBarForCausalLM"])))
+    with pytest.raises(RunnerBuildError) as failure:
+        runner_factory.get(model=path)
+    message = str(failure.value)
+    assert f"SGLang {installed_version()} could not build FooBarForCausalLM" in message
+    assert "registers no model class FooBarForCausalLM" in message
+    assert not torch.distributed.is_initialized()
+
+
+def test_gemma2_builds_and_matches_hf_or_fails_naming_it(runner_factory, tmp_path):
+    """SGLang's Gemma2 reads ``hidden_act``, which transformers 5 renamed: whichever way it goes, the user learns why."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    path = _save(Gemma2ForCausalLM, Gemma2Config(vocab_size=512, num_key_value_heads=2, head_dim=16, **SMALL), tmp_path / "gemma2")
+    try:
+        live = runner_factory.get(model=path, dtype="float32" if not torch.cuda.is_available() else "bfloat16")
+    except RunnerBuildError as exc:
+        assert re.search(rf"SGLang {re.escape(installed_version())} could not build Gemma2ForCausalLM .*: \w+Error: ", str(exc))
+        return
+    assert live.forward([[2, 5, 6, 7]]).next_token_logits.isfinite().all()
+
+
+def test_a_kernel_without_the_dtype_becomes_a_usage_error_naming_bfloat16(tmp_path):
+    """The message mapping alone, for sgl_kernel's float32 RMSNorm failure (the real one needs a GPU: test_decoder.py)."""
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    refusal = RuntimeError("rmsnorm(input, weight, eps, enable_pdl) failed to dispatch data type Float")
+    error = build_failure(RunnerSpec(model=str(tmp_path), dtype="float32"), str(tmp_path), "cuda", refusal)
+    assert isinstance(error, SpecError)
+    assert str(error).startswith("--sglang-dtype float32: SGLang ")
+    assert "LlamaForCausalLM have no float32 path" in str(error) and "use --sglang-dtype bfloat16" in str(error)
+    error = build_failure(RunnerSpec(model=str(tmp_path)), str(tmp_path), "cuda", refusal)
+    assert str(error).startswith("--sglang-dtype auto (the checkpoint's float32): ")
