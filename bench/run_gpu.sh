@@ -13,7 +13,8 @@ source .device/env.sh
 # SGLang 0.5.17 compiles some CUDA kernels with nvcc on first use (over a minute) into TVM-FFI's
 # cache under $HOME; pytester's inner runs get a fresh $HOME, so every process shares one cache.
 export TVM_FFI_CACHE_DIR=${TVM_FFI_CACHE_DIR:-/tmp/tvm-ffi-cache}
-python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -2
+python3 -m pip show -q pytest-sglang-runner >/dev/null 2>&1 \
+  || python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -2
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import sglang, torch, transformers; print('sglang', sglang.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
 } 2>&1 | tee "$OUT/machine.txt"
