@@ -297,6 +297,12 @@ def build_failure(spec: RunnerSpec, model_path: str, device: str, exc: BaseExcep
             f"{dtype_flag}: SGLang {version}'s CUDA kernels for {architecture} have no {refused} path "
             f"({type(exc).__name__}: {exc}); use --sglang-dtype bfloat16 (or float16), or --sglang-device cpu for {refused}"
         )
+    op = sglang_compat.cpu_less_op(exc)
+    if op is not None and device == "cpu":
+        return SpecError(
+            f"--sglang-device cpu: this SGLang {version} install has no CPU kernel for {op} (its CUDA build), so a CPU "
+            "runner cannot run; use --sglang-device cuda here, or run CPU tests where SGLang is installed without CUDA"
+        )
     hint = ""
     unknown = [arch for arch in _architectures(model_path) if arch not in sglang_compat.supported_architectures()]
     if unknown:

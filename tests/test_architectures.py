@@ -77,3 +77,25 @@ def test_a_kernel_without_the_dtype_becomes_a_usage_error_naming_bfloat16(tmp_pa
     assert "LlamaForCausalLM have no float32 path" in str(error) and "use --sglang-dtype bfloat16" in str(error)
     error = build_failure(RunnerSpec(model=str(tmp_path)), str(tmp_path), "cuda", refusal)
     assert str(error).startswith("--sglang-dtype auto (the checkpoint's float32): ")
+
+
+@pytest.mark.gpu(1)
+def test_a_cpu_runner_on_a_cuda_machine_runs_or_is_a_usage_error(runner_factory, record_property):
+    """SGLang 0.5.17's CUDA build has custom ops with no CPU kernel: the warm-up meets them at build time."""
+    try:
+        live = runner_factory.get(device="cpu")
+    except SpecError as exc:
+        record_property("outcome", str(exc))
+        assert str(exc).startswith("--sglang-device cpu: ") and "use --sglang-device cuda" in str(exc)
+        return
+    record_property("outcome", "a CPU runner runs")
+    assert live.forward([[0, 5, 6, 2]]).logits[0].isfinite().all()
+
+
+def test_an_op_without_a_cpu_kernel_becomes_a_usage_error_naming_the_device(tmp_path):
+    """The message mapping alone (the real failure needs SGLang's CUDA build on a GPU machine: the test above)."""
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["RobertaForMaskedLM"]}))
+    missing = NotImplementedError("Could not run 'sglang::store_cache' with arguments from the 'CPU' backend. This could be ...")
+    error = build_failure(RunnerSpec(model=str(tmp_path), device="cpu"), str(tmp_path), "cpu", missing)
+    assert isinstance(error, SpecError)
+    assert str(error).startswith(f"--sglang-device cpu: this SGLang {installed_version()} install has no CPU kernel for sglang::store_cache")

@@ -51,10 +51,11 @@ def test_a_user_test_needs_nothing_but_the_runner_fixture(pytester, tmp_path, mo
     assert json.loads((tmp_path / "state.json").read_text()) == {"distributed": False}
 
 
+@pytest.mark.skipif(torch.cuda.device_count() == 1, reason="two workers need two GPUs, or a CPU runner, which SGLang's CUDA build may not run")
 def test_each_xdist_worker_builds_its_own_runner(pytester, tmp_path, monkeypatch):
     monkeypatch.setenv("OUT_DIR", str(tmp_path))
     pytester.makepyfile(test_a=RECORD_RUNNER, test_b=RECORD_RUNNER)
-    device = [] if torch.cuda.device_count() >= 2 else ["--sglang-device=cpu"]  # one GPU per worker
+    device = [] if torch.cuda.is_available() else ["--sglang-device=cpu"]  # one GPU per worker
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "ignore", "-n", "2", "--dist", "loadfile", *device)
     result.assert_outcomes(passed=2)
     first, second = records(tmp_path)

@@ -23,7 +23,7 @@ from .process import (
     uses_cpu_engine,
 )
 from .server_args import make_server_args, resolved, typed_server_args
-from .shims import cpu_native_layers, fill_config_gaps, refused_dtype
+from .shims import cpu_less_op, cpu_native_layers, fill_config_gaps, refused_dtype
 
 __all__ = [
     "SUPPORTED_VERSIONS",
@@ -33,6 +33,7 @@ __all__ = [
     "UnsupportedSGLang",
     "barrier",
     "build_model_runner",
+    "cpu_less_op",
     "cpu_native_layers",
     "destroy_distributed_state",
     "detect_api",

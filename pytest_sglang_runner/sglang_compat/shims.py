@@ -11,6 +11,9 @@
 * **Kernels without a dtype.** sgl_kernel's CUDA RMSNorm has no float32 kernel ("rmsnorm(...)
   failed to dispatch data type Float"); `refused_dtype` reads that from an error, so the build
   can name ``--sglang-dtype bfloat16`` instead of showing SGLang's traceback.
+* **Ops without a CPU kernel.** SGLang 0.5.17 installed on a CUDA machine registers some custom
+  ops for CUDA only ("Could not run 'sglang::store_cache' with arguments from the 'CPU'
+  backend"): a CPU runner builds but cannot run. `cpu_less_op` reads that from an error.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ _CPU_LAYER_FLAGS = (("sglang.srt.layers.rotary_embedding.base", "_is_cpu"),)
 _DROPPED_CONFIG_DEFAULTS = {"position_embedding_type": "absolute"}
 
 _DISPATCH_FAILURE = re.compile(r"failed to dispatch data type (\w+)")
+_NO_CPU_KERNEL = re.compile(r"Could not run '([\w:.]+)' with arguments from the 'CPU' backend")
 _TORCH_DTYPE_NAMES = {"Float": "float32", "Half": "float16", "BFloat16": "bfloat16", "Double": "float64"}
 
 
@@ -63,13 +67,24 @@ def fill_config_gaps(hf_config) -> None:
                 setattr(config, name, default)
 
 
-def refused_dtype(exc: BaseException) -> str | None:
-    """The dtype a kernel refused to run ("failed to dispatch data type Float" -> "float32"), or None."""
+def _search_chain(exc: BaseException | None, pattern: re.Pattern) -> re.Match | None:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        match = _DISPATCH_FAILURE.search(str(exc))
+        match = pattern.search(str(exc))
         if match:
-            return _TORCH_DTYPE_NAMES.get(match.group(1), match.group(1))
+            return match
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def refused_dtype(exc: BaseException) -> str | None:
+    """The dtype a kernel refused to run ("failed to dispatch data type Float" -> "float32"), or None."""
+    match = _search_chain(exc, _DISPATCH_FAILURE)
+    return _TORCH_DTYPE_NAMES.get(match.group(1), match.group(1)) if match else None
+
+
+def cpu_less_op(exc: BaseException) -> str | None:
+    """The custom op this SGLang build registers without a CPU kernel (e.g. "sglang::store_cache"), or None."""
+    match = _search_chain(exc, _NO_CPU_KERNEL)
+    return match.group(1) if match else None
