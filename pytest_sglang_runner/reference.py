@@ -41,7 +41,6 @@ def _logprobs(logits, top_logprobs: int):
     import torch
 
     logprobs = torch.log_softmax(logits.float(), dim=-1)
-    tops = []
     if top_logprobs:
         values, ids = logprobs.topk(top_logprobs, dim=-1)
         tops = [dict(zip(row_ids.tolist(), row_values.tolist())) for row_ids, row_values in zip(ids, values)]
