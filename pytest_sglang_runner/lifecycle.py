@@ -363,10 +363,10 @@ class RunnerFactory:
         """The checkpoint in HF transformers with the architecture its config names (fp32, eval)."""
         if model_path not in self._hf_models:
             import torch
-            import transformers
 
-            architectures = _architectures(model_path) or ["AutoModel"]
-            model_class = getattr(transformers, architectures[0], transformers.AutoModel)
+            from .reference import hf_model_class
+
+            model_class = hf_model_class(model_path, default="AutoModel")
             self._hf_models[model_path] = model_class.from_pretrained(model_path, dtype=torch.float32).eval()
         return self._hf_models[model_path]
 

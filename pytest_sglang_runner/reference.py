@@ -19,15 +19,16 @@ from .generation import Generation, TokenLogprob, check_arguments
 _DTYPES = {"float32", "float16", "bfloat16"}
 
 
-def _model_class(model_path: str):
+def hf_model_class(model_path: str, default: str = "AutoModelForCausalLM"):
+    """The transformers class the checkpoint's config names (its first architecture), else ``default``."""
     import transformers
 
-    config = json.loads((Path(model_path) / "config.json").read_text())
-    architectures = config.get("architectures") or []
+    try:
+        architectures = json.loads((Path(model_path) / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        architectures = []
     named = getattr(transformers, architectures[0], None) if architectures else None
-    if named is not None:
-        return named
-    return transformers.AutoModelForCausalLM
+    return named if named is not None else getattr(transformers, default)
 
 
 def _ids(value) -> set[int]:
@@ -73,7 +74,7 @@ class HFRunner(Tokenized):
         self.model_path = str(model_path)
         self.dtype = dtype
         self.device = device
-        self.model = _model_class(self.model_path).from_pretrained(self.model_path, dtype=getattr(torch, dtype)).to(device).eval()
+        self.model = hf_model_class(self.model_path).from_pretrained(self.model_path, dtype=getattr(torch, dtype)).to(device).eval()
         self.fp32_lm_head = fp32_lm_head
         if fp32_lm_head:
             self.model.get_output_embeddings().register_forward_hook(_float32_logits)
