@@ -2,7 +2,7 @@
 # The GPU runs quoted in docs/gpu.md, on SGLang 0.5.17. On the lent GPU machine (device tool),
 # from the repo root, with .device carried; logs under $OUT:
 #   bash bench/run_gpu.sh LABEL [PYTEST ARGS...]      (default: LABEL=suite, the whole of tests/)
-#   BENCH=1 bash bench/run_gpu.sh ...                 (then the MeZO step benchmark too)
+#   BENCH=1 bash bench/run_gpu.sh ...                 (then the MeZO benchmark, docs/performance.md)
 # Writes $OUT/machine.txt, $OUT/pytest_gpu_LABEL.log and $OUT/junit_LABEL.xml.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-run}
@@ -22,7 +22,8 @@ python3 -m pytest -p no:cacheprovider -W ignore -v -rs --durations=15 --junitxml
   | tee "$OUT/pytest_gpu_$label.log"
 if [ "${BENCH:-0}" = 1 ]; then
   for dtype in bfloat16 float32; do
-    python3 bench/mezo_step.py --roberta-large-random --device cuda --dtype $dtype --batch 64 --seq 128 2>&1 \
-      | grep -E '^(\||model=)' | tee "$OUT/bench_mezo_$dtype.txt"
+    python3 bench/mezo_step.py --roberta-large-random --device cuda --dtype $dtype --attention-backend triton \
+      --shapes 16x128,64x48,64x128 --profile "$OUT/profile_mezo_$dtype.txt" 2>&1 \
+      | grep -vE '^(WARNING|INFO|\[)' | tee "$OUT/bench_mezo_$dtype.txt"
   done
 fi

@@ -40,6 +40,58 @@ def test_logits_and_hidden_states_match_hf(sglang_forward, hf_model, runner):
         assert (hidden.float().cpu() - reference.hidden_states[-1][0]).abs().max().item() <= tolerance
 
 
+def test_packed_embeddings_equal_sglangs_per_sequence_loop(runner):
+    """The kit's RoBERTa embeds the packed batch in one pass (no host round trip per sequence): same bits."""
+    from types import SimpleNamespace
+
+    from pytest_sglang_runner.models.roberta_mlm import packed_embeddings
+
+    embeddings = runner.model.roberta.embeddings
+    sequences = BATCH + [[0, 5, embeddings.padding_idx, 6, 2]]  # a pad inside a sequence: HF's position rule
+    ids = torch.tensor([t for seq in sequences for t in seq], device=runner.device)
+    positions = torch.cat([torch.arange(len(seq)) for seq in sequences]).to(runner.device)
+    seq_lens = torch.tensor([len(seq) for seq in sequences], device=runner.device)
+    with torch.no_grad():
+        sglangs = embeddings(ids, seq_lens, positions, SimpleNamespace(token_type_ids=None))
+        kits = packed_embeddings(embeddings, ids, positions)
+    assert torch.equal(kits, sglangs)
+
+
+@pytest.mark.gpu(1)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_add_layer_norm_matches_the_unfused_ops(dtype):
+    """The kit's RoBERTa encoder fuses residual add + LayerNorm on CUDA: same values to the dtype's rounding."""
+    from pytest_sglang_runner.models.fused import add_layer_norm
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    norm = torch.nn.LayerNorm(1024, eps=1e-5).to("cuda", dtype)
+    with torch.no_grad():
+        norm.weight.normal_(generator=g)
+        norm.bias.normal_(generator=g)
+        x, residual = (torch.randn(333, 1024, device="cuda", dtype=dtype, generator=g) for _ in range(2))
+        expected, fused = norm(x + residual), add_layer_norm(x, residual, norm)
+    tolerance = 2**-7 if dtype == torch.bfloat16 else 1e-5  # one bf16 ulp, relative
+    assert ((fused.float() - expected.float()).abs() / (1 + expected.float().abs())).max().item() <= tolerance
+
+
+def test_model_call_projects_only_the_requested_rows(sglang_forward, runner):
+    """A batch that names rows gets the LM head on those rows only, with the full forward's values."""
+    from pytest_sglang_runner import sglang_compat
+
+    free_before = sglang_compat.free_kv_slots(runner)
+    full = sglang_forward(BATCH).packed_logits
+    rows = [3, 12, 17]
+    call = sglang_compat.ModelCall(runner, BATCH, rows)
+    try:
+        selected = call().logits
+    finally:
+        call.release()
+    assert selected.shape == (len(rows), full.shape[1])
+    tolerance = 1e-5 if runner.device == "cpu" else 5e-3
+    assert (selected.float() - full[rows].float()).abs().max().item() <= tolerance
+    assert sglang_compat.free_kv_slots(runner) == free_before  # slots given back
+
+
 def test_texts_go_through_the_model_tokenizer(sglang_forward):
     text = "the film was great . It was <mask> ."
     ids = sglang_forward.tokenizer(text)["input_ids"]

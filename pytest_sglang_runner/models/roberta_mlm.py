@@ -5,6 +5,13 @@ SGLang ships only ``XLMRobertaModel`` (pooled CLS vector) and
 ``RobertaForMaskedLM`` and SGLang refuses it. This class loads such a checkpoint unmodified and
 returns per-token hidden states and vocabulary logits, which is what masked-LM prompting (MeZO)
 needs. `register()` adds it to SGLang's model registry; runs it with ``is_embedding=True``.
+
+What it does differently from SGLang's own RoBERTa, all for speed: the embeddings compute HF's
+padding-aware position ids for the whole packed batch at once (SGLang's loop does one host round
+trip per sequence, so no CUDA graph can hold it; bitwise the same result); the encoder fuses each
+residual add with its LayerNorm on CUDA and skips the KV write where nothing reads it (`encode`);
+and a batch that carries ``logit_rows`` gets the LM head on those rows only (MeZO needs the
+<mask> rows).
 This module imports SGLang: import it only after the version adapter has prepared the process.
 """
 
@@ -23,6 +30,8 @@ from sglang.srt.model_executor.forward_batch_info import ForwardBatch
 from sglang.srt.model_loader.weight_utils import default_weight_loader
 from sglang.srt.models.roberta import XLMRobertaBaseModel
 
+from .fused import add_layer_norm
+
 ARCHITECTURE = "RobertaForMaskedLM"
 
 
@@ -31,7 +40,7 @@ class MaskedLMOutput:
     """Per-token outputs of one packed batch: rows follow the batch's tokens in order."""
 
     hidden_states: torch.Tensor  # [total_tokens, hidden]
-    logits: torch.Tensor  # [total_tokens, vocab]
+    logits: torch.Tensor  # [total_tokens, vocab], or [len(logit_rows), vocab] when the batch names rows
 
     @property
     def embeddings(self) -> torch.Tensor:
@@ -56,6 +65,45 @@ class RobertaLMHead(nn.Module):
         return logits[:, :vocab_size] + self.bias
 
 
+def packed_embeddings(embeddings, input_ids: torch.Tensor, positions: torch.Tensor, token_type_ids=None) -> torch.Tensor:
+    """SGLang's ``RobertaEmbedding`` on a packed batch, without its per-sequence loop.
+
+    HF's position id of a token is ``padding_idx`` + its rank among the sequence's non-pad tokens
+    (``padding_idx`` for pads); a packed row's sequence starts ``positions[i]`` rows before it.
+    Same arithmetic and the same order of additions as SGLang's, so the result is bitwise equal.
+    """
+    not_pad = input_ids.ne(embeddings.padding_idx).long()
+    running = torch.cumsum(not_pad, dim=0)
+    before_start = torch.cat([running.new_zeros(1), running])[torch.arange(len(input_ids), device=input_ids.device) - positions]
+    position_ids = (running - before_start) * not_pad + embeddings.padding_idx
+    if token_type_ids is None:
+        token_type_ids = torch.zeros_like(input_ids)
+    summed = embeddings.word_embeddings(input_ids) + embeddings.token_type_embeddings(token_type_ids)
+    return embeddings.LayerNorm(summed + embeddings.position_embeddings(position_ids))
+
+
+def encode(encoder, hidden_states: torch.Tensor, forward_batch: ForwardBatch) -> torch.Tensor:
+    """SGLang's ``BertEncoder`` layer by layer, through its own modules, with two things left out.
+
+    Each residual add and LayerNorm is one fused pass (`fused.add_layer_norm`), and where the
+    batch says ``skip_kv_cache_write`` (attention over k and v as given) no KV is stored: an
+    encoder batch is never extended, so nothing would read it back.
+    """
+    save_kv_cache = not getattr(forward_batch, "skip_kv_cache_write", False)
+    for layer in encoder.layer:
+        attention = layer.attention
+        self_attn = attention.self_attn
+        qkv, _ = self_attn.qkv_proj(hidden_states)
+        q, k, v = qkv.split([self_attn.q_size, self_attn.kv_size, self_attn.kv_size], dim=-1)
+        attended = self_attn.attn(q, k, v, forward_batch, save_kv_cache=save_kv_cache)
+        projected, _ = attention.output.dense(attended)
+        attention_output = add_layer_norm(projected, hidden_states, attention.output.LayerNorm)
+        intermediate = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(attention_output)[0])
+        output, _ = layer.output.dense(intermediate)
+        hidden_states = add_layer_norm(output, attention_output, layer.output.LayerNorm)
+    return hidden_states
+
+
 class RobertaForMaskedLM(nn.Module):
     def __init__(self, *, config, quant_config=None, prefix: str = ""):
         super().__init__()
@@ -72,9 +120,15 @@ class RobertaForMaskedLM(nn.Module):
         input_embeds: Optional[torch.Tensor] = None,
         get_embedding: bool = True,
     ) -> MaskedLMOutput:
-        hidden_states = self.roberta(input_ids, positions, forward_batch, input_embeds, get_embedding=True)
+        if input_embeds is not None:  # SGLang's path handles embeddings given from outside
+            hidden_states = self.roberta(input_ids, positions, forward_batch, input_embeds, get_embedding=True)
+        else:
+            embedded = packed_embeddings(self.roberta.embeddings, input_ids, positions, forward_batch.token_type_ids)
+            hidden_states = encode(self.roberta.encoder, embedded, forward_batch)
+        rows = getattr(forward_batch, "logit_rows", None)
         decoder_weight = self.roberta.embeddings.word_embeddings.weight
-        logits = self.lm_head(hidden_states, decoder_weight, self.config.vocab_size)
+        head_input = hidden_states if rows is None else hidden_states.index_select(0, rows)
+        logits = self.lm_head(head_input, decoder_weight, self.config.vocab_size)
         return MaskedLMOutput(hidden_states=hidden_states, logits=logits)
 
     def load_weights(self, weights: Iterable[Tuple[str, torch.Tensor]]):

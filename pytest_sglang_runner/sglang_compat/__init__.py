@@ -5,13 +5,15 @@
 - `bootstrap`: one rank's ModelRunner built in the order this SGLang needs, and torn down;
 - `shims`: what a plain install cannot run as it stands (CPU layers, dropped config attributes,
   kernels without a dtype) and what the kit does about it;
-- `batches`: extend batches and greedy decode steps through the scheduler's own preparation.
+- `batches`: extend batches and greedy decode steps through the scheduler's own preparation;
+- `graphs`: one extend batch straight through ``runner.model``, eager or as a CUDA graph.
 
 The rest of the kit imports from here, never from SGLang's batch or bootstrap modules directly.
 """
 
 from .batches import GreedyBatch, PackedBatch, Step, free_kv, free_kv_slots, pack_batch, prefix_cache_disabled, run_packed
 from .bootstrap import barrier, build_model_runner, destroy_distributed_state
+from .graphs import CAPTURABLE_BACKENDS, ModelCall, can_capture
 from .process import (
     SUPPORTED_VERSIONS,
     UnsupportedSGLang,
@@ -26,13 +28,16 @@ from .server_args import make_server_args, resolved, typed_server_args
 from .shims import cpu_less_op, cpu_native_layers, fill_config_gaps, refused_dtype
 
 __all__ = [
+    "CAPTURABLE_BACKENDS",
     "SUPPORTED_VERSIONS",
     "GreedyBatch",
+    "ModelCall",
     "PackedBatch",
     "Step",
     "UnsupportedSGLang",
     "barrier",
     "build_model_runner",
+    "can_capture",
     "cpu_less_op",
     "cpu_native_layers",
     "destroy_distributed_state",

@@ -47,11 +47,12 @@ def fresh_hf(sglang_model_path):
 
 
 @pytest.fixture
-def runner_lm(runner, sglang_forward):
-    """The runner as a MeZO masked LM; its weights are put back after the test."""
-    lm = mezo.SGLangMaskedLM(runner, sglang_forward)
+def runner_lm(runner):
+    """The runner as a MeZO masked LM; its weights and KV slots are given back after the test."""
+    lm = mezo.SGLangMaskedLM(runner)
     start = mezo.canonical_state(lm.views)
     yield lm
+    lm.close()
     mezo.load_canonical(lm.views, start)
 
 

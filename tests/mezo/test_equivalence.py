@@ -47,7 +47,7 @@ def test_projected_gradients_and_losses_match_hf(runner_lm, fresh_hf, prompt, sy
 
 
 def test_weights_changed_hook_runs_on_every_write(runner_lm, prompt, synthetic_glue):
-    """Three perturbations and one update per step each tell the runner its weights changed."""
+    """Every write tells the runner: +eps, -2eps, and the update (which is also the restore) per step."""
     train = prompt.encode_all(sst2.read_tsv(synthetic_glue / "train.tsv"))[:16]
     calls = []
 
@@ -57,5 +57,5 @@ def test_weights_changed_hook_runs_on_every_write(runner_lm, prompt, synthetic_g
 
     opt = mezo.MeZO(runner_lm.views, mezo.PromptObjective(runner_lm, prompt.label_word_ids), lr=1e-3, eps=1e-3, on_weights_changed=hook)
     opt.train(train, 3, batch_size=16)
-    assert len(calls) == 3 * 4
+    assert len(calls) == 3 * 3
     assert runner_lm.runner.server_args.disable_radix_cache is True

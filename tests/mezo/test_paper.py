@@ -48,13 +48,13 @@ def paper_inputs(request, sst2_dir):
 
 
 @pytest.mark.sglang(dtype="float32")
-def test_mezo_k16_matches_table_18(paper_inputs, runner, sglang_forward, record_property):
+def test_mezo_k16_matches_table_18(paper_inputs, runner, record_property):
     """Zero-shot ~79.0; MeZO k=16 90.5 +- 1.2 (mean over seeds 13, 21, 42, 87, 100)."""
     from transformers import AutoTokenizer
 
     model_dir, data = paper_inputs
     prompt = sst2.SST2Prompt(AutoTokenizer.from_pretrained(model_dir), max_length=512)
-    lm = mezo.SGLangMaskedLM(runner, sglang_forward)
+    lm = mezo.SGLangMaskedLM(runner)
     initial = mezo.canonical_state(lm.views)
     hp = sst2.PAPER_HPARAMS
 
@@ -67,6 +67,7 @@ def test_mezo_k16_matches_table_18(paper_inputs, runner, sglang_forward, record_
         results = [sst2.run_kshot(make, prompt, data, 16, seed, steps=hp["steps"], eval_every=hp["eval_every"],
                                   batch_size=hp["batch_size"], progress=True) for seed in sst2.KSHOT_SEEDS]
     finally:
+        lm.close()
         mezo.load_canonical(lm.views, initial)
     zero_shot = 100 * results[0]["zero_shot_test"]
     accs = [100 * r["test"] for r in results]

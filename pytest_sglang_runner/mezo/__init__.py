@@ -1,0 +1,53 @@
+"""MeZO (Malladi et al. 2023) on an SGLang runner or an HF model: fine-tuning at inference cost.
+
+- `optimizer`: the four verbs (perturb, forward, step, update), `MeZO.step`, training;
+- `noise`: z as a pure function of (seed, parameter, element), the fused passes (`triton_kernels`);
+- `params`: parameter views and the flat fp32 masters;
+- `objective`: the masked-LM scorers (HF, runner) and the prompt objective;
+- `checkpoint`: checkpoints that replay bitwise, training history.
+
+Per-architecture parameter views (SGLang's layout under HF names) live beside the model classes,
+in `pytest_sglang_runner.models.roberta_views`.
+"""
+
+from ..models.roberta_views import SGLANG_UNUSED, hf_canonical_names, roberta_hf_to_sglang, roberta_sglang_views
+from .checkpoint import Checkpoint, History
+from .objective import Encoded, HFMaskedLM, MaskedLM, PromptObjective, SGLangMaskedLM
+from .optimizer import MeZO
+from .params import (
+    Masters,
+    ParamView,
+    canonical_state,
+    fingerprint,
+    hf_parameter_views,
+    load_canonical,
+    max_abs_difference,
+    no_decay,
+    relative_difference,
+    select_views,
+)
+
+__all__ = [
+    "SGLANG_UNUSED",
+    "Checkpoint",
+    "Encoded",
+    "HFMaskedLM",
+    "History",
+    "MaskedLM",
+    "Masters",
+    "MeZO",
+    "ParamView",
+    "PromptObjective",
+    "SGLangMaskedLM",
+    "canonical_state",
+    "fingerprint",
+    "hf_canonical_names",
+    "hf_parameter_views",
+    "load_canonical",
+    "max_abs_difference",
+    "no_decay",
+    "relative_difference",
+    "roberta_hf_to_sglang",
+    "roberta_sglang_views",
+    "select_views",
+]
