@@ -123,7 +123,9 @@ def test_marker_builds_a_runner_with_its_config(sglang_live, runner):
 
 
 def test_sglang_server_side_effects_stay_out_of_pytest(runner):
-    assert signal.getsignal(signal.SIGQUIT) in (signal.SIG_DFL, None)
+    # Whatever the process inherited (SIG_DFL, or SIG_IGN under a shell's background job), never
+    # SGLang's Python handler that kills the process tree.
+    assert not callable(signal.getsignal(signal.SIGQUIT))
     assert multiprocessing.get_start_method(allow_none=True) != "spawn"
 
 
