@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import generation, sglang_compat
+from . import generation, limits, sglang_compat
 
 
 @dataclass
@@ -133,6 +133,7 @@ class Forward(Tokenized):
         """Allocate KV slots and pack the batch; it can then be `run` any number of times."""
         self._check_no_live_batch()
         token_lists = self.token_lists(inputs)
+        limits.check_batch(self.runner, token_lists)  # before any rank starts
         self._mirror("prepare", token_lists, hidden_states)
         packed = sglang_compat.pack_batch(self.runner, token_lists, capture_hidden=hidden_states)
         self._live = PreparedBatch(token_lists, packed, hidden_states)

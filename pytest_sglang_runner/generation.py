@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from . import sglang_compat
+from . import limits, sglang_compat
 
 
 @dataclass(frozen=True)
@@ -51,15 +51,9 @@ def check_arguments(max_new_tokens: int, top_logprobs: int | None) -> None:
 
 
 def check_request(runner, token_lists: Sequence[Sequence[int]], max_new_tokens: int, top_logprobs: int | None) -> None:
-    """Bad arguments, or a batch the KV pool cannot hold, as a ValueError before anything runs."""
+    """Bad arguments, or a batch past the runner's limits (`limits.check_batch`), as a ValueError before anything runs."""
     check_arguments(max_new_tokens, top_logprobs)
-    needed = sum(len(ids) for ids in token_lists) + len(token_lists) * max_new_tokens
-    free = sglang_compat.free_kv_slots(runner)
-    if needed > free:
-        raise ValueError(
-            f"this batch needs up to {needed} KV slots (prompts + max_new_tokens each) but the pool has {free}; "
-            f"use fewer or shorter prompts, or a larger pool (--sglang-max-total-tokens {needed})"
-        )
+    limits.check_batch(runner, token_lists, max_new_tokens)
 
 
 def generate(

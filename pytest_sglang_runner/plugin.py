@@ -84,18 +84,40 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(XdistBuildReports(), "sglang-runner-xdist")
 
 
+def _marker_text(node) -> str:
+    """The test's ``sglang`` markers as written, closest last (for error messages)."""
+    calls = []
+    for marker in reversed(list(node.iter_markers("sglang"))):
+        arguments = [repr(a) for a in marker.args] + [f"{k}={v!r}" for k, v in marker.kwargs.items()]
+        calls.append(f"@pytest.mark.sglang({', '.join(arguments)})")
+    return " + ".join(calls)
+
+
 def _marker_overrides(node) -> dict:
     overrides: dict = {}
     for marker in reversed(list(node.iter_markers("sglang"))):  # closest marker wins
         if marker.args:
-            raise pytest.UsageError(f"{node.nodeid}: @pytest.mark.sglang takes keyword arguments only, e.g. sglang(tp=2)")
+            raise SpecError("@pytest.mark.sglang takes keyword arguments only, e.g. sglang(tp=2)")
         overrides.update(marker.kwargs)
     return overrides
 
 
+def _fail_for_config(node, exc: SpecError):
+    """A bad config fails this test alone: one line naming the marker, no traceback."""
+    markers = _marker_text(node)
+    pytest.fail(f"{exc}" + (f" [{markers}]" if markers else ""), pytrace=False)
+
+
+def _sort_key(item: pytest.Item) -> str:
+    try:
+        return repr(sorted(_marker_overrides(item).items()))
+    except SpecError:
+        return ""  # the test reports its marker when it runs; collection goes on
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run tests that share a runner config together, so each config is built once."""
-    items.sort(key=lambda item: repr(sorted(_marker_overrides(item).items())))
+    items.sort(key=_sort_key)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -166,7 +188,7 @@ def sglang_live(request: pytest.FixtureRequest, runner_factory: RunnerFactory) -
     try:
         live = runner_factory.get(**_marker_overrides(request.node))
     except SpecError as exc:
-        raise pytest.UsageError(f"{request.node.nodeid}: {exc}") from None
+        _fail_for_config(request.node, exc)
     live.forward.release()
     return live
 
@@ -186,7 +208,10 @@ def sglang_forward(sglang_live: LiveRunner):
 @pytest.fixture
 def sglang_model_path(request: pytest.FixtureRequest, runner_factory: RunnerFactory) -> str:
     """The local directory of this test's model (the embedded model is written on first use)."""
-    return runner_factory.model_path(runner_factory.spec_for(**_marker_overrides(request.node)))
+    try:
+        return runner_factory.model_path(runner_factory.spec_for(**_marker_overrides(request.node)))
+    except SpecError as exc:
+        _fail_for_config(request.node, exc)
 
 
 @pytest.fixture
@@ -202,7 +227,7 @@ def hf_runner(request: pytest.FixtureRequest, runner_factory: RunnerFactory, sgl
     try:
         return runner_factory.hf_runner(runner_factory.spec_for(**_marker_overrides(request.node)), sglang_model_path)
     except SpecError as exc:
-        raise pytest.UsageError(f"{request.node.nodeid}: {exc}") from None
+        _fail_for_config(request.node, exc)
 
 
 @pytest.fixture

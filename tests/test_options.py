@@ -106,6 +106,30 @@ def test_a_file_is_not_a_model_directory(pytester, tmp_path):
     assert "not a model directory (no config.json inside)" in result.stderr.str()
 
 
+def test_a_bad_marker_fails_its_test_alone_and_names_the_marker(pytester):
+    """No collection abort, no traceback: the test with the bad marker fails with one line naming it."""
+    pytester.makepyfile(test_markers="""
+        import pytest
+
+        @pytest.mark.sglang("x")
+        def test_positional(sglang_model_path):
+            pass
+
+        @pytest.mark.sglang(tp="two")
+        def test_bad_value(sglang_model_path):
+            pass
+
+        def test_plain():
+            pass
+    """)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=2)
+    output = result.stdout.str()
+    assert "takes keyword arguments only, e.g. sglang(tp=2) [@pytest.mark.sglang('x')]" in output
+    assert "--sglang-tp 'two': expected a whole number >= 1 [@pytest.mark.sglang(tp='two')]" in output
+    assert "Traceback" not in output and "plugin.py" not in output
+
+
 def test_marker_overrides_are_checked_like_options():
     with pytest.raises(SpecError, match="--sglang-tp 'x'"):
         RunnerSpec().with_overrides(tp="x")

@@ -104,16 +104,18 @@ class SGLangMaskedLM:
         return None if self._captured is None else self._captured.layout
 
     def prepare(self, token_lists, mask_positions):
-        from .. import sglang_compat
+        from .. import limits, sglang_compat
 
         token_lists = [list(ids) for ids in token_lists]
         layout = tuple(len(ids) for ids in token_lists)
         starts = [sum(layout[:i]) for i in range(len(layout))]
         rows = [start + position for start, position in zip(starts, mask_positions)]
         if self._captured is not None and self._captured.layout == layout:
+            limits.check_token_ids(token_lists, self.runner.model_config.vocab_size)  # the layout was checked
             self._captured.load(token_lists, rows)
             return self._captured
         self.close()  # one batch holds KV slots at a time
+        limits.check_batch(self.runner, token_lists)
         call = sglang_compat.ModelCall(self.runner, token_lists, rows)
         if self.graphs and layout in self._seen:
             call.capture()

@@ -11,7 +11,18 @@
 The rest of the kit imports from here, never from SGLang's batch or bootstrap modules directly.
 """
 
-from .batches import GreedyBatch, PackedBatch, Step, free_kv, free_kv_slots, pack_batch, prefix_cache_disabled, run_packed
+from .batches import (
+    GreedyBatch,
+    Limits,
+    PackedBatch,
+    Step,
+    free_kv,
+    free_kv_slots,
+    pack_batch,
+    prefix_cache_disabled,
+    run_packed,
+    runner_limits,
+)
 from .bootstrap import barrier, build_model_runner, destroy_distributed_state
 from .graphs import CAPTURABLE_BACKENDS, ModelCall, can_capture
 from .process import (
@@ -31,6 +42,7 @@ __all__ = [
     "CAPTURABLE_BACKENDS",
     "SUPPORTED_VERSIONS",
     "GreedyBatch",
+    "Limits",
     "ModelCall",
     "PackedBatch",
     "Step",
@@ -54,6 +66,7 @@ __all__ = [
     "refused_dtype",
     "resolved",
     "run_packed",
+    "runner_limits",
     "supported_architectures",
     "typed_server_args",
     "uses_cpu_engine",

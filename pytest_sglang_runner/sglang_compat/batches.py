@@ -44,6 +44,9 @@ class _NoPrefixCache(types.SimpleNamespace):
     def maybe_hand_to_session(self, req) -> None:
         pass
 
+    def evict_for_alloc(self, *args, **kwargs) -> None:
+        pass  # nothing cached, nothing to evict: the allocation's own out-of-memory error follows
+
 
 def _page_size(runner) -> int:
     try:
@@ -158,6 +161,29 @@ def free_kv(runner) -> None:
 
 def free_kv_slots(runner) -> int:
     return runner.token_to_kv_pool_allocator.available_size()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one batch may ask of this runner right now."""
+
+    kv_slots: int  # free KV cache slots (tokens)
+    request_slots: int  # free request slots (sequences)
+    max_sequence: int  # longest sequence the model's positions (and the request table) take
+    vocab_size: int
+
+
+# Models whose learned positions start after the padding index (HF's create_position_ids_from_input_ids).
+_POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert")
+
+
+def runner_limits(runner) -> Limits:
+    config = runner.model_config
+    longest = min(config.context_len, runner.req_to_token_pool.req_to_token.shape[1])
+    hf_config = config.hf_config
+    if getattr(hf_config, "model_type", "") in _POSITIONS_AFTER_PADDING:
+        longest = min(longest, hf_config.max_position_embeddings - hf_config.pad_token_id - 1)
+    return Limits(free_kv_slots(runner), runner.req_to_token_pool.available_size(), longest, config.vocab_size)
 
 
 def prefix_cache_disabled(runner) -> bool:
