@@ -55,11 +55,15 @@ def spec_from_config(config: pytest.Config) -> RunnerSpec:
 
 
 def _check_server_args(spec: RunnerSpec) -> None:
-    """Unknown or mistyped --sglang-arg fields fail now, not as a traceback inside SGLang."""
+    """Unknown or mistyped --sglang-arg fields fail now, against the ServerArgs schema an earlier build
+    of this SGLang version saved; with none saved yet, at the first build (importing SGLang costs
+    seconds, and a run may have no runner test at all)."""
     if spec.server_args:
-        from .sglang_compat import typed_server_args
+        from .sglang_compat.server_args import cached_schema, typed_server_args
 
-        typed_server_args(dict(spec.server_args))
+        schema = cached_schema()
+        if schema is not None:
+            typed_server_args(dict(spec.server_args), schema)
 
 
 def _xdist_workers(config: pytest.Config) -> int:

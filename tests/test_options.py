@@ -3,6 +3,7 @@
 import pytest
 
 from pytest_sglang_runner.options import RunnerSpec, SpecError
+from pytest_sglang_runner.sglang_compat import server_args
 
 @pytest.fixture(scope="module", autouse=True)
 def sglang_server_args_imported():
@@ -89,7 +90,8 @@ def test_embedded_model_names_select_the_kits_models(pytester, value, model):
         (["--sglang-arg=attention_backend=warp"], "--sglang-arg attention_backend=warp: expected one of"),
     ],
 )
-def test_bad_values_are_usage_errors(pytester, args, expected):
+def test_bad_values_are_usage_errors(pytester, args, expected, schema_cache):
+    server_args._server_args_schema()  # as a first build would have saved it
     pytester.makepyfile(test_x="def test_x():\n    pass\n")
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -147,3 +149,36 @@ def test_sst2_dir_reaches_its_fixture_from_option_and_ini(pytester, tmp_path):
     pytester.makeini("[pytest]\nsst2_dir = data/sst2\n")
     relative = pytester.runpytest_inprocess("-s", "-p", "no:cacheprovider")
     assert any(f"SST2 {pytester.path / 'data' / 'sst2'}" in line for line in relative.outlines)
+
+
+@pytest.fixture
+def schema_cache(tmp_path, monkeypatch):
+    """An empty cache for the ServerArgs schema (builds save it there; the next run's configure reads it)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+IMPORT_REPORT = """
+import sys
+
+def pytest_sessionfinish(session):
+    print("IMPORTED sglang=%s torch=%s" % ("sglang" in sys.modules, "torch" in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("args", [[], ["--collect-only"], ["--sglang-arg=chunked_prefill_size=64"], ["--sglang-arg=no_such_field=1"]])
+def test_a_run_without_runner_tests_imports_neither_sglang_nor_torch(pytester, schema_cache, args):
+    pytester.makeconftest(IMPORT_REPORT)
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", *args)
+    assert result.ret == 0, result.stderr.str()
+    assert "IMPORTED sglang=False torch=False" in result.stdout.str()
+
+
+def test_a_bad_server_arg_before_any_saved_schema_fails_the_runner_tests_in_one_line(pytester, schema_cache):
+    pytester.makepyfile(test_x="def test_plain():\n    pass\n\ndef test_runner(runner):\n    pass\n")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--sglang-arg=no_such_field=1")
+    result.assert_outcomes(passed=1, errors=1)
+    assert "has no ServerArgs field 'no_such_field'" in result.stdout.str()
+    assert "Traceback" not in result.stdout.str()
+    assert server_args.cached_schema() is not None  # saved for the next run's configure

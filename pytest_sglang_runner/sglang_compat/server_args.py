@@ -4,52 +4,80 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import types
 import typing
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from ..options import SpecError
-from .process import installed_version
+from .process import UnsupportedSGLang, installed_version
 
 
-def _base_type(annotation: Any) -> Any:
-    """``T`` from ``Optional[T]``; other unions read as text."""
+def _type_tag(annotation: Any) -> str:
+    """How a user's text becomes this field's value: bool, int, float, json (lists, dicts) or str."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return args[0] if len(args) == 1 else str
-    return annotation
+        annotation = args[0] if len(args) == 1 else str
+    if annotation in (bool, int, float):
+        return annotation.__name__
+    if annotation in (list, dict) or typing.get_origin(annotation) in (list, dict):
+        return "json"
+    return "str"
 
 
-def _coerce(key: str, raw: Any, annotation: Any, choices: Sequence[Any] | None) -> Any:
-    base = _base_type(annotation)
+def _coerce(key: str, raw: Any, tag: str, choices: Sequence[Any] | None) -> Any:
     value = raw
     if isinstance(raw, str):
         text = raw.strip()
         try:
             if text.lower() in ("none", "null"):
                 value = None
-            elif base is bool:
+            elif tag == "bool":
                 if text.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
                     raise ValueError
                 value = text.lower() in ("1", "true", "yes", "on")
-            elif base is int:
+            elif tag == "int":
                 value = int(text)
-            elif base is float:
+            elif tag == "float":
                 value = float(text)
-            elif base in (list, dict) or typing.get_origin(base) in (list, dict):
+            elif tag == "json":
                 value = json.loads(text)
             else:
                 value = text
         except ValueError:
-            type_name = getattr(base, "__name__", str(base))
-            raise SpecError(f"--sglang-arg {key}={raw}: expected a {type_name} value") from None
+            raise SpecError(f"--sglang-arg {key}={raw}: expected a {tag} value") from None
     if choices and value is not None and value not in choices:
         raise SpecError(f"--sglang-arg {key}={raw}: expected one of {', '.join(map(str, choices))}")
     return value
 
 
-def _server_args_schema() -> tuple[set[str], dict[str, Any], dict[str, Sequence[Any]]]:
-    """Field names, their types and their CLI choices, as the installed SGLang declares them."""
+@dataclass(frozen=True)
+class Schema:
+    """ServerArgs as a user's ``KEY=VALUE`` meets it: field names, type tags, CLI choices."""
+
+    names: frozenset[str]
+    tags: dict[str, str]
+    choices: dict[str, list[Any]]
+
+
+def _schema_cache_path(version: str) -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "pytest-sglang-runner" / f"server-args-{version}.json"
+
+
+def cached_schema() -> Schema | None:
+    """The schema saved by an earlier build with this SGLang version, read without importing SGLang."""
+    try:
+        data = json.loads(_schema_cache_path(installed_version()).read_text())
+        return Schema(frozenset(data["names"]), data["tags"], data["choices"])
+    except (OSError, ValueError, KeyError, TypeError, UnsupportedSGLang):
+        return None
+
+
+def _server_args_schema() -> Schema:
+    """The installed SGLang's ServerArgs (imports SGLang), saved for `cached_schema`."""
     import argparse
 
     from sglang.srt.server_args import ServerArgs
@@ -58,22 +86,34 @@ def _server_args_schema() -> tuple[set[str], dict[str, Any], dict[str, Sequence[
     hints = typing.get_type_hints(ServerArgs)  # evaluates string annotations (0.5.17)
     parser = argparse.ArgumentParser(add_help=False)
     ServerArgs.add_cli_args(parser)
-    choices = {action.dest: action.choices for action in parser._actions if action.choices}
-    return names, hints, choices
+    choices = {
+        action.dest: list(action.choices) for action in parser._actions
+        if action.choices and all(isinstance(c, (str, int, float, bool)) for c in action.choices)
+    }
+    schema = Schema(frozenset(names), {name: _type_tag(hints.get(name, str)) for name in names}, choices)
+    path = _schema_cache_path(installed_version())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps({"names": sorted(schema.names), "tags": schema.tags, "choices": schema.choices}))
+        partial.replace(path)  # atomic: concurrent sessions never read half a file
+    except OSError:
+        pass  # a read-only home: the check just stays at the first build
+    return schema
 
 
-def typed_server_args(extra: dict[str, Any]) -> dict[str, Any]:
+def typed_server_args(extra: dict[str, Any], schema: Schema | None = None) -> dict[str, Any]:
     """Check user ``KEY=VALUE`` pairs against this SGLang's ServerArgs and give them their types."""
     if not extra:
         return {}
-    names, hints, choices = _server_args_schema()
+    schema = schema or _server_args_schema()
     typed = {}
     for key, raw in extra.items():
-        if key not in names:
-            close = [name for name in sorted(names) if key in name or name in key][:5]
+        if key not in schema.names:
+            close = [name for name in sorted(schema.names) if key in name or name in key][:5]
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise SpecError(f"--sglang-arg {key}=...: SGLang {installed_version()} has no ServerArgs field {key!r}{hint}")
-        typed[key] = _coerce(key, raw, hints.get(key, str), choices.get(key))
+        typed[key] = _coerce(key, raw, schema.tags.get(key, "str"), schema.choices.get(key))
     return typed
 
 
