@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from . import devices
+from . import devices, ports
 from .lifecycle import LiveRunner, RunnerFactory
 from .options import OPTIONS, RunnerSpec, SpecError, spec_from_values
 
@@ -83,6 +83,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"{exc}") from None
     factory = RunnerFactory(spec, cache_root=Path(), worker_index=devices.xdist_worker_index())
     config.stash[factory_key] = factory
+    config.add_cleanup(ports.sweep_stale_lock_files)  # runs after factory.close: files of crashed peers too
     config.add_cleanup(factory.close)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistBuildReports(), "sglang-runner-xdist")
