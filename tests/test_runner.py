@@ -205,3 +205,27 @@ def test_gpu_memory_returns_to_baseline_after_teardown(runner_factory):
     for _ in range(2):
         assert cycle() > baseline
         assert torch.cuda.memory_allocated() == baseline
+
+
+def _listening_sockets():
+    import psutil
+
+    return [c.laddr for c in psutil.Process().net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+
+
+@pytest.mark.parametrize("tp", [1, pytest.param(2, marks=pytest.mark.skipif(0 < torch.cuda.device_count() < 2, reason="TP=2 on CUDA needs 2 GPUs"))])
+def test_every_listening_socket_is_loopback(runner_factory, tp):
+    """The dist rendezvous (torch's TCPStore) included: it would listen on every interface by itself."""
+    from pytest_sglang_runner import sglang_compat
+
+    live = runner_factory.get(tp=tp)
+    live.forward(BATCH)
+    while_live = _listening_sockets()
+    assert any(address.port == live.reservations[0].port for address in while_live)  # the rendezvous is there
+    assert [a for a in while_live if a.ip != "127.0.0.1"] == []
+    runner_factory.close()
+    after = _listening_sockets()
+    assert [a for a in after if a.ip != "127.0.0.1"] == []
+    if sglang_compat.installed_version() == "0.5.23" and after:
+        pytest.xfail(f"SGLang 0.5.23 runners leave {len(after)} loopback listener(s) after teardown (the rendezvous store among them)")
+    assert after == []

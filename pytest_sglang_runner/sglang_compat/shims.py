@@ -11,6 +11,10 @@
 * **Kernels without a dtype.** sgl_kernel's CUDA RMSNorm has no float32 kernel ("rmsnorm(...)
   failed to dispatch data type Float"); `refused_dtype` reads that from an error, so the build
   can name ``--sglang-dtype bfloat16`` instead of showing SGLang's traceback.
+* **A rendezvous open to the network.** torch's TCPStore server (the dist port's rendezvous, which
+  SGLang starts through ``init_process_group("tcp://127.0.0.1:PORT")``) binds every interface
+  (``::``) whatever host it is given. `loopback_rendezvous` hands it a socket already bound to
+  127.0.0.1 (TCPStore's ``master_listen_fd``) while a runner is built.
 * **Ops without a CPU kernel.** SGLang 0.5.17 installed on a CUDA machine registers some custom
   ops for CUDA only ("Could not run 'sglang::store_cache' with arguments from the 'CPU'
   backend"): a CPU runner builds but cannot run. `cpu_less_op` reads that from an error.
@@ -88,3 +92,37 @@ def cpu_less_op(exc: BaseException) -> str | None:
     """The custom op this SGLang build registers without a CPU kernel (e.g. "sglang::store_cache"), or None."""
     match = _search_chain(exc, _NO_CPU_KERNEL)
     return match.group(1) if match else None
+
+
+@contextlib.contextmanager
+def loopback_rendezvous():
+    """While active, a rank-0 TCPStore for a loopback address listens on 127.0.0.1 only."""
+    import socket
+    import sys
+
+    import torch.distributed  # noqa: F401  (loads the rendezvous module)
+
+    rendezvous = sys.modules["torch.distributed.rendezvous"]
+    original = rendezvous._create_c10d_store
+
+    def create(hostname, port, rank, world_size, timeout, use_libuv=True):
+        if rank != 0 or hostname not in ("127.0.0.1", "localhost"):
+            return original(hostname, port, rank, world_size, timeout, use_libuv)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", port))
+            listener.listen(128)
+        except OSError:
+            listener.close()
+            raise
+        return rendezvous.TCPStore(
+            host_name="127.0.0.1", port=port, world_size=world_size, is_master=True, timeout=timeout,
+            multi_tenant=True, master_listen_fd=listener.detach(), use_libuv=use_libuv,
+        )
+
+    rendezvous._create_c10d_store = create
+    try:
+        yield
+    finally:
+        rendezvous._create_c10d_store = original
