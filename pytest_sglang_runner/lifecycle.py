@@ -127,6 +127,8 @@ def server_args_kwargs(spec: RunnerSpec, model_path: str, device: str, dist_port
         kwargs["mem_fraction_static"] = spec.mem_fraction
     if any(arch in KIT_ARCHITECTURES for arch in config.get("architectures") or ()):
         kwargs["is_embedding"] = True
+    if spec.attention_backend:
+        sglang_compat.check_attention_backend(spec.attention_backend)
     kwargs.update(sglang_compat.typed_server_args(dict(spec.server_args)))
     return kwargs
 

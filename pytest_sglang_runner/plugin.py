@@ -55,15 +55,17 @@ def spec_from_config(config: pytest.Config) -> RunnerSpec:
 
 
 def _check_server_args(spec: RunnerSpec) -> None:
-    """Unknown or mistyped --sglang-arg fields fail now, against the ServerArgs schema an earlier build
+    """Unknown or mistyped --sglang-arg fields (and attention backends) fail now, against the ServerArgs schema an earlier build
     of this SGLang version saved; with none saved yet, at the first build (importing SGLang costs
     seconds, and a run may have no runner test at all)."""
-    if spec.server_args:
-        from .sglang_compat.server_args import cached_schema, typed_server_args
+    if spec.server_args or spec.attention_backend:
+        from .sglang_compat.server_args import cached_schema, check_attention_backend, typed_server_args
 
         schema = cached_schema()
         if schema is not None:
             typed_server_args(dict(spec.server_args), schema)
+            if spec.attention_backend:
+                check_attention_backend(spec.attention_backend, schema)
 
 
 def _xdist_workers(config: pytest.Config) -> int:

@@ -88,6 +88,7 @@ def test_embedded_model_names_select_the_kits_models(pytester, value, model):
         (["--sglang-arg=no_such_field=1"], "has no ServerArgs field 'no_such_field'"),
         (["--sglang-arg=chunked_prefill_size=many"], "--sglang-arg chunked_prefill_size=many: expected a int value"),
         (["--sglang-arg=attention_backend=warp"], "--sglang-arg attention_backend=warp: expected one of"),
+        (["--sglang-attention-backend=nonsense"], "--sglang-attention-backend 'nonsense': SGLang "),
     ],
 )
 def test_bad_values_are_usage_errors(pytester, args, expected, schema_cache):
@@ -177,8 +178,17 @@ def test_a_run_without_runner_tests_imports_neither_sglang_nor_torch(pytester, s
 
 def test_a_bad_server_arg_before_any_saved_schema_fails_the_runner_tests_in_one_line(pytester, schema_cache):
     pytester.makepyfile(test_x="def test_plain():\n    pass\n\ndef test_runner(runner):\n    pass\n")
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--sglang-arg=no_such_field=1")
+    # A subprocess: the first build imports SGLang's runner modules, which an in-process run would drop again.
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sglang-arg=no_such_field=1")
     result.assert_outcomes(passed=1, errors=1)
     assert "has no ServerArgs field 'no_such_field'" in result.stdout.str()
     assert "Traceback" not in result.stdout.str()
     assert server_args.cached_schema() is not None  # saved for the next run's configure
+
+
+def test_an_unknown_attention_backend_before_any_saved_schema_fails_the_runner_tests_in_one_line(pytester, schema_cache):
+    pytester.makepyfile(test_x="def test_runner(runner):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sglang-attention-backend=nonsense")
+    result.assert_outcomes(errors=1)
+    assert "--sglang-attention-backend 'nonsense': SGLang" in result.stdout.str() and "triton" in result.stdout.str()
+    assert "Traceback" not in result.stdout.str()

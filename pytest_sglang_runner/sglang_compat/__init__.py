@@ -35,7 +35,7 @@ from .process import (
     supported_architectures,
     uses_cpu_engine,
 )
-from .server_args import make_server_args, resolved, typed_server_args
+from .server_args import check_attention_backend, make_server_args, resolved, typed_server_args
 from .shims import cpu_less_op, cpu_native_layers, fill_config_gaps, refused_dtype
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "barrier",
     "build_model_runner",
     "can_capture",
+    "check_attention_backend",
     "cpu_less_op",
     "cpu_native_layers",
     "destroy_distributed_state",

@@ -117,6 +117,14 @@ def typed_server_args(extra: dict[str, Any], schema: Schema | None = None) -> di
     return typed
 
 
+def check_attention_backend(name: str, schema: Schema | None = None) -> None:
+    """``--sglang-attention-backend`` against this SGLang's choices (imports SGLang unless given a schema)."""
+    schema = schema or _server_args_schema()
+    choices = schema.choices.get("attention_backend")
+    if choices and name not in choices:
+        raise SpecError(f"--sglang-attention-backend {name!r}: SGLang {installed_version()} has {', '.join(map(str, choices))}")
+
+
 def make_server_args(**kwargs: Any):
     from sglang.srt.server_args import ServerArgs
 
