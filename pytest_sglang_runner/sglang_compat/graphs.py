@@ -24,6 +24,8 @@ from .batches import free_kv, pack_batch
 
 # Attention backends whose planned extend forward was checked to be capturable (SGLang 0.5.17).
 CAPTURABLE_BACKENDS = ("TritonAttnBackend",)
+# Attention backends whose extend attends over k and v as given (the KV pool only stores them).
+KV_AS_GIVEN_BACKENDS = ("TritonAttnBackend",)
 
 
 def can_capture(runner) -> bool:
@@ -35,7 +37,7 @@ def attention_takes_kv_directly(runner) -> bool:
 
     Triton's does (it stores them only for later batches to reuse); torch_native reads the KV pool.
     """
-    return type(runner.attn_backend).__name__ in CAPTURABLE_BACKENDS
+    return type(runner.attn_backend).__name__ in KV_AS_GIVEN_BACKENDS
 
 
 _CAPTURE_STREAMS: dict = {}

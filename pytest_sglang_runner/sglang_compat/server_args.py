@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -77,7 +78,23 @@ def cached_schema() -> Schema | None:
 
 
 def _server_args_schema() -> Schema:
-    """The installed SGLang's ServerArgs (imports SGLang), saved for `cached_schema`."""
+    """The installed SGLang's ServerArgs (imports SGLang), saved for `cached_schema` where not saved yet."""
+    schema = _installed_schema()
+    path = _schema_cache_path(installed_version())
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(json.dumps({"names": sorted(schema.names), "tags": schema.tags, "choices": schema.choices}))
+            partial.replace(path)  # atomic: concurrent sessions never read half a file
+        except OSError:
+            pass  # a read-only home: the check just stays at the first build
+    return schema
+
+
+@functools.cache
+def _installed_schema() -> Schema:
+    """Read once per process: building ServerArgs' argparse parser for hundreds of fields is not free."""
     import argparse
 
     from sglang.srt.server_args import ServerArgs
@@ -90,16 +107,7 @@ def _server_args_schema() -> Schema:
         action.dest: list(action.choices) for action in parser._actions
         if action.choices and all(isinstance(c, (str, int, float, bool)) for c in action.choices)
     }
-    schema = Schema(frozenset(names), {name: _type_tag(hints.get(name, str)) for name in names}, choices)
-    path = _schema_cache_path(installed_version())
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps({"names": sorted(schema.names), "tags": schema.tags, "choices": schema.choices}))
-        partial.replace(path)  # atomic: concurrent sessions never read half a file
-    except OSError:
-        pass  # a read-only home: the check just stays at the first build
-    return schema
+    return Schema(frozenset(names), {name: _type_tag(hints.get(name, str)) for name in names}, choices)
 
 
 def typed_server_args(extra: dict[str, Any], schema: Schema | None = None) -> dict[str, Any]:
@@ -132,11 +140,18 @@ def make_server_args(**kwargs: Any):
     return ServerArgs(**{k: v for k, v in kwargs.items() if k in fields})
 
 
-def resolved(server_args, name: str) -> Any:
-    """A ServerArgs value after SGLang's own resolution (0.5.23 resolves into a separate view)."""
+@functools.cache
+def _resolving_view():
+    """0.5.23's resolving view, or None; looked up once (a failing import is retried, and costs, on every call)."""
     try:
         from sglang.srt.arg_groups.overrides import resolving_view
     except ImportError:
-        return getattr(server_args, name)
-    return getattr(resolving_view(server_args), name)
+        return None
+    return resolving_view
+
+
+def resolved(server_args, name: str) -> Any:
+    """A ServerArgs value after SGLang's own resolution (0.5.23 resolves into a separate view)."""
+    view = _resolving_view()
+    return getattr(server_args if view is None else view(server_args), name)
 
