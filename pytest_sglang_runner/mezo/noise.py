@@ -89,9 +89,9 @@ def standard_normal(seed: int, param_index: int, numel: int, device="cpu", start
 
 @dataclass(frozen=True)
 class Segment:
-    """Where one trainable tensor's master lives in the flat buffer."""
+    """Where one trainable tensor's master lives in the flat buffer; its position in the layout is
+    the parameter index that goes into z's counter."""
 
-    index: int  # parameter index: part of z's counter
     offset: int  # first element in the flat masters
     numel: int
     decays: bool  # weight decay applies (not to biases and norms)
@@ -100,8 +100,8 @@ class Segment:
 def layout(numels: Sequence[int], decays: Sequence[bool]) -> tuple[list[Segment], int]:
     """Segments in canonical order, each starting on a `SEGMENT_ALIGN` boundary; and the total length."""
     segments, offset = [], 0
-    for index, (numel, decay) in enumerate(zip(numels, decays, strict=True)):
-        segments.append(Segment(index, offset, numel, decay))
+    for numel, decay in zip(numels, decays, strict=True):
+        segments.append(Segment(offset, numel, decay))
         offset += -(-numel // SEGMENT_ALIGN) * SEGMENT_ALIGN
     return segments, offset
 
@@ -118,7 +118,7 @@ class TorchPasses:
         groups = [(end - s.offset) // 4 for s, end in zip(self.segments, ends)]
         device = flat.device
         self.counters = torch.cat([torch.arange(n, dtype=torch.int64, device=device) for n in groups])
-        self.indices = torch.cat([torch.full((n,), s.index, dtype=torch.int64, device=device) for s, n in zip(self.segments, groups)])
+        self.indices = torch.cat([torch.full((n,), index, dtype=torch.int64, device=device) for index, n in enumerate(groups)])
         self.decays = torch.cat([torch.full((4 * n,), float(s.decays), device=device) for s, n in zip(self.segments, groups)])
 
     def z(self, seed: int) -> torch.Tensor:
@@ -168,8 +168,6 @@ class TritonPasses:
         self.flat, self.block = flat, block
         self.targets = list(targets)  # keeps the pointed-to storage alive
         self.target_dtype = getattr(tl, _TRITON_DTYPES[next(iter(dtypes))])
-        if [s.index for s in segments] != list(range(len(segments))):
-            raise ValueError("segments must be in parameter-index order")
         device = flat.device
         per_segment = [-(-s.numel // block) for s in segments]
         first_block = [0, *itertools.accumulate(per_segment)]

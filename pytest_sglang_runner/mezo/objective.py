@@ -7,6 +7,7 @@ words (LM-BFF / MeZO's medium models). Both scorers run the LM head on the <mask
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
@@ -108,7 +109,7 @@ class SGLangMaskedLM:
 
         token_lists = [list(ids) for ids in token_lists]
         layout = tuple(len(ids) for ids in token_lists)
-        starts = [sum(layout[:i]) for i in range(len(layout))]
+        starts = [0, *itertools.accumulate(layout)][:-1]
         rows = [start + position for start, position in zip(starts, mask_positions)]
         if self._captured is not None and self._captured.layout == layout:
             limits.check_token_ids(token_lists, self.runner.model_config.vocab_size)  # the layout was checked

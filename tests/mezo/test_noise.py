@@ -42,8 +42,8 @@ def test_z_does_not_depend_on_how_it_is_cut():
     big, small = noise.TorchPasses(flat, segments, targets), noise.TorchPasses(flat, segments, targets, chunk=7)
     assert torch.equal(big.z(5), small.z(5))
     big.perturb(5, 1.0)  # masters are 0: the model now holds z
-    for segment, target in zip(segments, targets):
-        assert torch.equal(target.view(-1), noise.standard_normal(5, segment.index, segment.numel))
+    for index, (segment, target) in enumerate(zip(segments, targets)):
+        assert torch.equal(target.view(-1), noise.standard_normal(5, index, segment.numel))
 
 
 def test_step_is_zo_step_then_zo_update_bitwise(fresh_hf, prompt, synthetic_glue):
