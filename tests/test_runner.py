@@ -229,3 +229,17 @@ def test_every_listening_socket_is_loopback(runner_factory, tp):
     if sglang_compat.installed_version() == "0.5.23" and after:
         pytest.xfail(f"SGLang 0.5.23 runners leave {len(after)} loopback listener(s) after teardown (the rendezvous store among them)")
     assert after == []
+
+
+def test_model_call_gives_a_decoders_next_token_logits(runner_factory):
+    """`ModelCall` is not masked-LM only: a decoder's direct call equals ``ModelRunner.forward``."""
+    from pytest_sglang_runner import sglang_compat
+
+    live = runner_factory.get(model="embedded-llama", dtype="bfloat16" if torch.cuda.is_available() else "float32")
+    prompts = [[1, 5, 6, 7], [1, 8, 9]]
+    expected = live.forward(prompts).next_token_logits
+    call = sglang_compat.ModelCall(live.model_runner, prompts)
+    try:
+        assert torch.equal(call().next_token_logits, expected)
+    finally:
+        call.release()
