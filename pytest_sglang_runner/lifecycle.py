@@ -12,7 +12,6 @@ published context, free memory, release the ports.
 from __future__ import annotations
 
 import gc
-import json
 import multiprocessing
 import os
 import time
@@ -22,15 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from . import devices, ports, sglang_compat
+from .build_errors import RunnerBuildError, build_failure, drop_frames, model_config
 from .forward import Forward
 from .generation import generate
+from .model_dir import cached_hub_snapshot
 from .options import RunnerSpec, SpecError
 
 PEER_START_TIMEOUT_S = 300.0
-
-
-class RunnerBuildError(RuntimeError):
-    """Building the runner failed; everything it had set up was torn down again."""
+BUILD_ATTEMPTS = 2  # a second try only when a reserved port was taken by a process outside the kit
 
 
 @dataclass
@@ -71,26 +69,10 @@ def resolve_model_path(spec: RunnerSpec, cache_root: Path) -> str:
         return str(ensure_embedded_model(cache_root, spec.model))
     if os.path.isdir(spec.model):
         return spec.model
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(spec.model, local_files_only=True)
-    except Exception:
-        raise RunnerBuildError(
-            f"--sglang-model {spec.model}: not a local directory and not in the local Hugging Face cache "
-            "(tests never download weights); pass a model directory, e.g. one written by save_pretrained"
-        ) from None
-
-
-def _model_config(model_path: str) -> dict:
-    try:
-        return json.loads((Path(model_path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _architectures(model_path: str) -> list[str]:
-    return list(_model_config(model_path).get("architectures") or [])
+    snapshot = cached_hub_snapshot(spec.model)
+    if snapshot is None:  # options.py checked it; the cache changed since
+        raise SpecError(f"--sglang-model {spec.model}: no longer in the local Hugging Face cache; pass a model directory")
+    return snapshot
 
 
 def checkpoint_dtype(spec_dtype: str, config: dict) -> str:
@@ -105,7 +87,7 @@ def server_args_kwargs(spec: RunnerSpec, model_path: str, device: str, dist_port
     """ServerArgs for a test runner: small KV pool, no prefix cache, no CUDA graphs, fixed ports."""
     from .models import KIT_ARCHITECTURES
 
-    config = _model_config(model_path)
+    config = model_config(model_path)
     kwargs: dict[str, Any] = dict(
         model_path=model_path,
         tokenizer_path=model_path,
@@ -139,8 +121,29 @@ def _build_rank(spec: RunnerSpec, kwargs: dict, rank: int, gpu_id: int, dist_por
     register_kit_models()
     server_args = sglang_compat.make_server_args(**kwargs)
     runner = sglang_compat.build_model_runner(server_args, tp_rank=rank, gpu_id=gpu_id, dist_port=dist_port, device=device)
+    check_kv_budget(runner, spec)
     warm_up(runner)
     return runner
+
+
+WARM_UP_PROMPT = [[0, 1]]
+WARM_UP_NEW_TOKENS = 2
+
+
+def check_kv_budget(runner, spec: RunnerSpec) -> None:
+    """A pool too small for the warm-up is a bad setting, named as such (SGLang sizes its request
+    slots from the pool, so a 1-token pool would otherwise blame max_running_requests)."""
+    limits = sglang_compat.runner_limits(runner)
+    needed = sum(map(len, WARM_UP_PROMPT)) + (WARM_UP_NEW_TOKENS if runner.is_generation else 0)
+    if limits.kv_slots >= needed and limits.request_slots >= len(WARM_UP_PROMPT):
+        return
+    sized = f"SGLang sized this runner to {limits.kv_slots} KV token slot(s) and {limits.request_slots} request slot(s)"
+    if limits.kv_slots < spec.max_total_tokens:  # memory, not the option, was the limit
+        raise SpecError(f"--sglang-mem-fraction {spec.mem_fraction}: {sized}, too few for one {needed}-token sequence; raise --sglang-mem-fraction")
+    raise SpecError(
+        f"--sglang-max-total-tokens {spec.max_total_tokens}: {sized}, too few for one {needed}-token sequence; "
+        f"use at least {2 * needed} (the default is {RunnerSpec.max_total_tokens})"
+    )
 
 
 def warm_up(runner) -> None:
@@ -151,10 +154,10 @@ def warm_up(runner) -> None:
     Every TP rank runs it at the same point, so its collectives line up.
     """
     if runner.is_generation:
-        generate(runner, [[0, 1]], max_new_tokens=2, top_logprobs=None, ignore_eos=True)
+        generate(runner, WARM_UP_PROMPT, max_new_tokens=WARM_UP_NEW_TOKENS, top_logprobs=None, ignore_eos=True)
     else:
         try:
-            sglang_compat.run_packed(runner, sglang_compat.pack_batch(runner, [[0, 1]]))
+            sglang_compat.run_packed(runner, sglang_compat.pack_batch(runner, WARM_UP_PROMPT))
         finally:
             sglang_compat.free_kv(runner)
 
@@ -235,6 +238,13 @@ class RankPeers:
             except (OSError, BrokenPipeError):
                 pass
 
+    def some_left(self, within: float) -> bool:
+        """Whether a peer process has ended (waiting up to `within` seconds for one that is ending)."""
+        deadline = time.monotonic() + within
+        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        return any(process.exitcode is not None for process in self.processes)
+
     def join(self, timeout: float = 30.0) -> None:
         for process in self.processes:
             process.join(timeout)
@@ -247,72 +257,46 @@ class RankPeers:
 
 
 def teardown(live: LiveRunner | None = None, *, peers: RankPeers | None = None, reservations=(), device: str = "cpu") -> None:
-    """The one cleanup path: safe on a half-built runner, and when parts are already gone."""
+    """The one cleanup path: safe on a half-built runner, when parts are already gone, and when
+    interrupted (the peers and the ports go whatever happens before)."""
     errors = []
     if live is not None:
         peers, reservations, device = live.peers, live.reservations, live.device
-        try:
-            live.forward.release()
-        except Exception as exc:  # keep tearing down
-            errors.append(exc)
-        if peers is not None:
-            peers.request_close()
-            sglang_compat.barrier()  # meets the peers' barrier, so no rank destroys groups mid-collective
-    if peers is not None:
-        peers.join(timeout=30.0 if live is not None else 0.0)  # a half-built peer cannot finish: kill it
     try:
-        sglang_compat.destroy_distributed_state()
-    except Exception as exc:
-        errors.append(exc)
-    if live is not None:
-        live.model_runner = None
-        live.forward.runner = None
-    gc.collect()
-    if device == "cuda":
-        import torch
+        if live is not None:
+            try:
+                live.forward.release()
+            except Exception as exc:  # keep tearing down
+                errors.append(exc)
+            if peers is not None:
+                peers.request_close()
+                try:
+                    sglang_compat.barrier()  # meets the peers' barrier, so no rank destroys groups mid-collective
+                except Exception as exc:
+                    if not peers.some_left(within=5.0):  # Ctrl-C reaches every rank: an interrupted peer leaves
+                        errors.append(exc)
+        if peers is not None:
+            peers.join(timeout=30.0 if live is not None else 0.0)  # a half-built peer cannot finish: kill it
+        try:
+            sglang_compat.destroy_distributed_state()
+        except Exception as exc:
+            errors.append(exc)
+        if live is not None:
+            live.model_runner = None
+            live.forward.runner = None
+        gc.collect()
+        if device == "cuda":
+            import torch
 
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-    for reservation in reservations:
-        reservation.release()
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+    finally:
+        if peers is not None:
+            peers.join(timeout=0.0)  # no-op once joined; interrupted, the peers are killed
+        for reservation in reservations:
+            reservation.release()
     if errors:
         raise errors[0]
-
-
-def _drop_frames(exc: BaseException) -> None:
-    """Clear the locals of every frame in an exception chain (the text of the traceback stays)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        traceback.clear_frames(exc.__traceback__)
-        exc = exc.__cause__ or exc.__context__
-
-
-def build_failure(spec: RunnerSpec, model_path: str, device: str, exc: BaseException) -> Exception:
-    """What went wrong, in the user's terms: the option to change, or the architecture and SGLang version."""
-    version = sglang_compat.installed_version()
-    architecture = ", ".join(_architectures(model_path)) or "the model"
-    refused = sglang_compat.refused_dtype(exc)
-    if refused is not None and device == "cuda":
-        dtype_flag = f"--sglang-dtype {spec.dtype}" if spec.dtype != "auto" else f"--sglang-dtype auto (the checkpoint's {refused})"
-        return SpecError(
-            f"{dtype_flag}: SGLang {version}'s CUDA kernels for {architecture} have no {refused} path "
-            f"({type(exc).__name__}: {exc}); use --sglang-dtype bfloat16 (or float16), or --sglang-device cpu for {refused}"
-        )
-    op = sglang_compat.cpu_less_op(exc)
-    if op is not None and device == "cpu":
-        return SpecError(
-            f"--sglang-device cpu: this SGLang {version} install has no CPU kernel for {op} (its CUDA build), so a CPU "
-            "runner cannot run; use --sglang-device cuda here, or run CPU tests where SGLang is installed without CUDA"
-        )
-    hint = ""
-    unknown = [arch for arch in _architectures(model_path) if arch not in sglang_compat.supported_architectures()]
-    if unknown:
-        hint = f" (SGLang {version} registers no model class {', '.join(unknown)}; its Transformers fallback failed too)"
-    return RunnerBuildError(
-        f"building the SGLang runner failed: SGLang {version} could not build {architecture}{hint} "
-        f"({spec.describe()}): {type(exc).__name__}: {exc}"
-    )
 
 
 @dataclass
@@ -341,12 +325,14 @@ class RunnerFactory:
         if self._live is not None and self._live.spec == spec:
             return self._live
         if spec in self._failed:  # fail fast instead of rebuilding for every test
-            raise RunnerBuildError(self._failed[spec])
+            failure = self._failed[spec]
+            raise type(failure)(str(failure)) from failure.__cause__
         self.close()
         try:
             self._live = self._build(spec)
         except (SpecError, RunnerBuildError, sglang_compat.UnsupportedSGLang) as exc:
-            self._failed[spec] = str(exc)
+            drop_frames(exc)  # remembered below: keep no frame of the build alive
+            self._failed[spec] = exc
             raise
         return self._live
 
@@ -379,7 +365,7 @@ class RunnerFactory:
 
         spec = spec or self.default_spec
         model_path = model_path or self.model_path(spec)
-        dtype = checkpoint_dtype(spec.dtype, _model_config(model_path))
+        dtype = checkpoint_dtype(spec.dtype, model_config(model_path))
         dtype = "float32" if dtype == "auto" else dtype
         device = devices.resolve_device(spec.device)
         if device == "cuda":
@@ -399,24 +385,30 @@ class RunnerFactory:
         sglang_compat.prepare_process(device)
         sglang_compat.import_sglang()
         api = sglang_compat.detect_api()
-        reservations = ports.reserve_ports(2)
-        dist_port, server_port = (r.port for r in reservations)
-        peers = None
-        try:
-            kwargs = server_args_kwargs(spec, model_path, device, dist_port, server_port)
-            if spec.tp > 1:
-                peers = RankPeers(spec, kwargs, gpu_ids, dist_port, device)
-            runner = _build_rank(spec, kwargs, 0, gpu_ids[0], dist_port, device)
-            if peers is not None:
-                peers.wait_ready()
-        except Exception as exc:
-            # Nothing of a failed build may stay reachable from its traceback (weights, KV pool).
-            runner = None
-            _drop_frames(exc)
-            teardown(peers=peers, reservations=reservations, device=device)
-            if isinstance(exc, SpecError):
-                raise
-            raise build_failure(spec, model_path, device, exc) from exc
+        for attempt in range(1, BUILD_ATTEMPTS + 1):
+            reservations = ports.reserve_ports(2)
+            dist_port, server_port = (r.port for r in reservations)
+            peers = None
+            try:
+                kwargs = server_args_kwargs(spec, model_path, device, dist_port, server_port)
+                if spec.tp > 1:
+                    peers = RankPeers(spec, kwargs, gpu_ids, dist_port, device)
+                runner = _build_rank(spec, kwargs, 0, gpu_ids[0], dist_port, device)
+                if peers is not None:
+                    peers.wait_ready()
+                break
+            except BaseException as exc:  # Ctrl-C mid-build too: nothing half-built may stay
+                # Nothing of a failed build may stay reachable from its traceback (weights, KV pool).
+                runner = None
+                drop_frames(exc)
+                teardown(peers=peers, reservations=reservations, device=device)
+                if not isinstance(exc, Exception):
+                    raise
+                if attempt < BUILD_ATTEMPTS and ports.lost_to_another_socket(exc):
+                    continue  # another process bound a reserved port after the check: new ports
+                if isinstance(exc, SpecError):
+                    raise
+                raise build_failure(spec, model_path, device, exc) from exc
         record = BuildRecord(
             model=model_path,
             device=device if device == "cpu" else f"cuda:{','.join(map(str, gpu_ids))}",

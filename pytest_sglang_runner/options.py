@@ -63,22 +63,25 @@ def _fraction(option: str) -> Callable[[Any], float]:
 
 def _model(option: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
+        from .model_dir import cached_hub_snapshot, check_model_dir
+
         text = str(value).strip()
         if not text or text == "embedded":
             return DEFAULT_MODEL
         if text in EMBEDDED_MODELS:
             return text
         expanded = os.path.expanduser(text)
-        looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep + os.sep in text
         if os.path.exists(expanded):
-            if not os.path.isdir(expanded) or not os.path.isfile(os.path.join(expanded, "config.json")):
-                raise SpecError(
-                    f"{option} {text!r}: not a model directory (no config.json inside); "
-                    "pass a directory saved by transformers' save_pretrained"
-                )
+            check_model_dir(option, text)
             return os.path.abspath(expanded)
+        looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep + os.sep in text
         if looks_like_path:
             raise SpecError(f"{option} {text!r}: no such directory; pass an existing model directory or a model id")
+        if cached_hub_snapshot(text) is None:
+            raise SpecError(
+                f"{option} {text!r}: not a local directory and not in the local Hugging Face cache (tests never "
+                "download weights); download it once outside the tests, or pass a directory saved by save_pretrained"
+            )
         return text
 
     return parse

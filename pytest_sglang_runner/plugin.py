@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
+import traceback
 from pathlib import Path
 
 import pytest
 
 from . import devices, ports
-from .lifecycle import LiveRunner, RunnerFactory
+from .lifecycle import LiveRunner, RunnerBuildError, RunnerFactory
 from .options import OPTIONS, RunnerSpec, SpecError, spec_from_values
+from .sglang_compat import UnsupportedSGLang
 
 factory_key = pytest.StashKey[RunnerFactory]()
+SETUP_ERRORS = (SpecError, RunnerBuildError, UnsupportedSGLang)
 
 MARKERS = (
     "sglang(**overrides): build this test's runner with these settings (RunnerSpec fields such as "
@@ -86,9 +90,19 @@ def pytest_configure(config: pytest.Config) -> None:
     factory = RunnerFactory(spec, cache_root=Path(), worker_index=devices.xdist_worker_index())
     config.stash[factory_key] = factory
     config.add_cleanup(ports.sweep_stale_lock_files)  # runs after factory.close: files of crashed peers too
-    config.add_cleanup(factory.close)
+    config.add_cleanup(lambda: _close_at_session_end(factory))
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistBuildReports(), "sglang-runner-xdist")
+
+
+def _close_at_session_end(factory: RunnerFactory) -> None:
+    """Ctrl-C while the runner is torn down still stops its peers and frees its ports (teardown's
+    ``finally``), then ends the run as pytest ends an interrupted one: exit code 2, no traceback."""
+    try:
+        factory.close()
+    except KeyboardInterrupt:
+        sys.stderr.write("sglang-runner: interrupted while tearing the runner down (TP peers stopped, ports released)\n")
+        raise SystemExit(pytest.ExitCode.INTERRUPTED) from None
 
 
 def _marker_text(node) -> str:
@@ -109,10 +123,17 @@ def _marker_overrides(node) -> dict:
     return overrides
 
 
-def _fail_for_config(node, exc: SpecError):
-    """A bad config fails this test alone: one line naming the marker, no traceback."""
-    markers = _marker_text(node)
-    pytest.fail(f"{exc}" + (f" [{markers}]" if markers else ""), pytrace=False)
+def _fail_setup(request: pytest.FixtureRequest, exc: Exception):
+    """A bad config or a failed build fails this test alone, in a few lines naming the marker;
+    SGLang's traceback, when there is one, only with -v."""
+    markers = _marker_text(request.node)
+    text = f"{exc}" + (f" [{markers}]" if markers else "")
+    if exc.__cause__ is not None:
+        if request.config.getoption("verbose") > 0:
+            text += "\n\nCaused by:\n" + "".join(traceback.format_exception(exc.__cause__))
+        else:
+            text += "\n(the cause's full traceback: run pytest with -v)"
+    raise pytest.fail.Exception(text, pytrace=False) from None  # not the chain we are handling
 
 
 def _sort_key(item: pytest.Item) -> str:
@@ -144,7 +165,11 @@ def _build_lines(records) -> list[str]:
     if not records:
         return []
     first = records[0]
-    seconds = ", ".join(f"{r['seconds']:.1f}" for r in records)
+    times = [r["seconds"] for r in records]
+    seconds = ", ".join(f"{t:.1f}" for t in times)
+    if len(times) > 6:  # a cycle test's hundred builds: the first, then the spread of the rest
+        rest = sorted(times[1:])
+        seconds = f"{times[0]:.1f}, then {rest[0]:.1f}-{rest[-1]:.1f} (median {rest[len(rest) // 2]:.1f})"
     return [
         f"sglang-runner: SGLang {first['sglang_version']} ({first['api']}), device {first['device']}, "
         f"model {first['model']}, {len(records)} build(s) in {seconds} s"
@@ -194,8 +219,8 @@ def sglang_live(request: pytest.FixtureRequest, runner_factory: RunnerFactory) -
     """The live runner for this test's config, with its KV pool empty."""
     try:
         live = runner_factory.get(**_marker_overrides(request.node))
-    except SpecError as exc:
-        _fail_for_config(request.node, exc)
+    except SETUP_ERRORS as exc:
+        _fail_setup(request, exc)
     live.forward.release()
     return live
 
@@ -217,8 +242,8 @@ def sglang_model_path(request: pytest.FixtureRequest, runner_factory: RunnerFact
     """The local directory of this test's model (the embedded model is written on first use)."""
     try:
         return runner_factory.model_path(runner_factory.spec_for(**_marker_overrides(request.node)))
-    except SpecError as exc:
-        _fail_for_config(request.node, exc)
+    except SETUP_ERRORS as exc:
+        _fail_setup(request, exc)
 
 
 @pytest.fixture
@@ -233,8 +258,8 @@ def hf_runner(request: pytest.FixtureRequest, runner_factory: RunnerFactory, sgl
     runner's method names and result types (`generate`, `next_token_logits`); cached per model."""
     try:
         return runner_factory.hf_runner(runner_factory.spec_for(**_marker_overrides(request.node)), sglang_model_path)
-    except SpecError as exc:
-        _fail_for_config(request.node, exc)
+    except SETUP_ERRORS as exc:
+        _fail_setup(request, exc)
 
 
 @pytest.fixture

@@ -24,3 +24,12 @@ from transformers import (  # noqa: E402,F401  (the model classes the tests buil
     Qwen3ForCausalLM,
     RobertaForMaskedLM,
 )
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def embedded_llama(runner_factory) -> str:
+    """embedded-llama's directory, written once per run (it trains for seconds); inner sessions read it by path."""
+    return runner_factory.model_path(runner_factory.spec_for(model="embedded-llama"))

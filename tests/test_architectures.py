@@ -46,11 +46,11 @@ def test_an_unknown_architecture_is_named_with_the_sglang_version(runner_factory
     path = _save(LlamaForCausalLM, LlamaConfig(vocab_size=512, num_key_value_heads=2, **SMALL), tmp_path / "foo")
     config = json.loads((tmp_path / "foo" / "config.json").read_text())
     (tmp_path / "foo" / "config.json").write_text(json.dumps(dict(config, architectures=["FooBarForCausalLM"])))
-    with pytest.raises(RunnerBuildError) as failure:
+    with pytest.raises(SpecError) as failure:
         runner_factory.get(model=path)
     message = str(failure.value)
-    assert f"SGLang {installed_version()} could not build FooBarForCausalLM" in message
-    assert "registers no model class FooBarForCausalLM" in message
+    assert message.startswith(f"--sglang-model {path}: SGLang {installed_version()} registers no model class FooBarForCausalLM")
+    assert "Transformers fallback failed" in message
     assert not torch.distributed.is_initialized()
 
 
@@ -99,3 +99,14 @@ def test_an_op_without_a_cpu_kernel_becomes_a_usage_error_naming_the_device(tmp_
     error = build_failure(RunnerSpec(model=str(tmp_path), device="cpu"), str(tmp_path), "cpu", missing)
     assert isinstance(error, SpecError)
     assert str(error).startswith(f"--sglang-device cpu: this SGLang {installed_version()} install has no CPU kernel for sglang::store_cache")
+
+
+def test_a_kv_pool_that_does_not_fit_names_the_kits_memory_option(tmp_path):
+    """The message mapping alone: with the kit's token cap, neither lent GPU nor the CPU made SGLang
+    give up on the pool (SGLang 0.5.17 on an H100 built at mem_fraction=0.001), so the text is SGLang's."""
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    no_room = RuntimeError("Not enough memory. Please try to increase --mem-fraction-static. Current value: mem_fraction_static=0.001")
+    error = build_failure(RunnerSpec(model=str(tmp_path), mem_fraction=0.001), str(tmp_path), "cuda", no_room)
+    assert isinstance(error, SpecError)
+    assert str(error).startswith("--sglang-mem-fraction 0.001: no GPU memory is left for the KV pool")
+    assert "raise --sglang-mem-fraction" in str(error)

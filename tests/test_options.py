@@ -89,24 +89,64 @@ def test_embedded_model_names_select_the_kits_models(pytester, value, model):
         (["--sglang-arg=chunked_prefill_size=many"], "--sglang-arg chunked_prefill_size=many: expected a int value"),
         (["--sglang-arg=attention_backend=warp"], "--sglang-arg attention_backend=warp: expected one of"),
         (["--sglang-attention-backend=nonsense"], "--sglang-attention-backend 'nonsense': SGLang "),
+        (["--sglang-model=no-org/no-such-model"], "not in the local Hugging Face cache (tests never download weights)"),
     ],
 )
-def test_bad_values_are_usage_errors(pytester, args, expected, schema_cache):
+def test_bad_values_are_usage_errors(pytester, args, expected, schema_cache, record_property):
+    record_property("bad_input", " ".join(args))  # counted in docs/reliability.md
     server_args._server_args_schema()  # as a first build would have saved it
-    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    assert_usage_error(pytester, args, expected)
+
+
+def assert_usage_error(pytester, args, expected):
+    """Exit code 4 before any test runs, one short line naming the option, no traceback."""
+    pytester.makepyfile(test_x="def test_x(runner):\n    pass\n")
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert expected in result.stderr.str()
+    lines = [line for line in result.stderr.lines if line.strip()]
+    assert len(lines) <= 2 and expected in result.stderr.str(), lines
     assert "Traceback" not in result.stderr.str()
 
 
-def test_a_file_is_not_a_model_directory(pytester, tmp_path):
-    weights = tmp_path / "weights.bin"
-    weights.write_bytes(b"x")
-    pytester.makepyfile(test_x="def test_x():\n    pass\n")
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--sglang-model={weights}")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "not a model directory (no config.json inside)" in result.stderr.str()
+def _truncate_weights(model):
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+
+BAD_MODEL_DIRECTORIES = {
+    "a file, not a directory": (lambda model: model / "config.json", None, "not a model directory (no config.json inside)"),
+    "config.json not JSON": (lambda model: model, lambda model: (model / "config.json").write_text("{"), "config.json is not valid JSON"),
+    "config.json a list": (lambda model: model, lambda model: (model / "config.json").write_text("[]"), "not a JSON object"),
+    "truncated safetensors": (lambda model: model, _truncate_weights, "model.safetensors is not a complete safetensors file"),
+    "stray bytes after the tensors": (lambda model: model, lambda model: open(model / "model.safetensors", "ab").write(b"xx"), "2 stray bytes"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MODEL_DIRECTORIES))
+def test_a_broken_model_directory_is_a_usage_error_before_anything_imports(pytester, tmp_path, case, record_property, embedded_llama):
+    import shutil
+
+    record_property("bad_input", f"--sglang-model: {case}")
+    model = tmp_path / "model"
+    shutil.copytree(embedded_llama, model)
+    path, damage, expected = BAD_MODEL_DIRECTORIES[case]
+    if damage is not None:
+        damage(model)
+    assert_usage_error(pytester, [f"--sglang-model={path(model)}"], expected)
+
+
+@pytest.mark.parametrize(
+    "ini, expected",
+    [
+        ("sglang_tp = two", "--sglang-tp 'two': expected a whole number >= 1"),
+        ("sglang_model = no-org/no-such-model", "not in the local Hugging Face cache"),
+        ("sglang_device = gpu", "--sglang-device 'gpu': expected one of"),
+    ],
+)
+def test_bad_ini_values_are_usage_errors(pytester, ini, expected, record_property):
+    record_property("bad_input", f"ini {ini}")
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    assert_usage_error(pytester, [], expected)
 
 
 def test_a_bad_marker_fails_its_test_alone_and_names_the_marker(pytester):

@@ -100,7 +100,8 @@ def test_gpu_marker_skips_with_a_reason_without_gpus(pytester):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU case")
-def test_cuda_device_without_a_gpu_is_a_usage_error(pytester):
+def test_cuda_device_without_a_gpu_is_a_usage_error(pytester, record_property):
+    record_property("bad_input", "--sglang-device cuda without a GPU")
     pytester.makepyfile(test_x="def test_x(runner):\n    pass\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sglang-device=cuda", "-n", "2")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -108,7 +109,8 @@ def test_cuda_device_without_a_gpu_is_a_usage_error(pytester):
 
 
 @pytest.mark.gpu(1)
-def test_more_workers_than_gpus_is_a_usage_error(pytester):
+def test_more_workers_than_gpus_is_a_usage_error(pytester, record_property):
+    record_property("bad_input", "more xdist workers than GPUs")
     workers = torch.cuda.device_count() + 1
     pytester.makepyfile(test_x="def test_x(runner):\n    pass\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", str(workers))

@@ -36,7 +36,7 @@ from .process import (
     uses_cpu_engine,
 )
 from .server_args import check_attention_backend, make_server_args, resolved, typed_server_args
-from .shims import cpu_less_op, cpu_native_layers, fill_config_gaps, refused_dtype
+from .shims import cpu_less_op, cpu_native_layers, fill_config_gaps, kv_pool_does_not_fit, refused_dtype
 
 __all__ = [
     "CAPTURABLE_BACKENDS",
@@ -60,6 +60,7 @@ __all__ = [
     "free_kv_slots",
     "import_sglang",
     "installed_version",
+    "kv_pool_does_not_fit",
     "make_server_args",
     "pack_batch",
     "prefix_cache_disabled",

@@ -109,6 +109,11 @@ def destroy_distributed_state() -> None:
     from sglang.srt.distributed import parallel_state
 
     parallel_state.destroy_model_parallel()
+    # 0.5.23 builds a singleton "self_pp" group that destroy_model_parallel forgets: it kept the
+    # rendezvous store and two gloo listeners open after close, and the next build reused it.
+    if getattr(parallel_state, "_SELF_PP", None) is not None:
+        parallel_state._SELF_PP.destroy()
+        parallel_state._SELF_PP = None
     parallel_state.destroy_distributed_environment()
     import torch.distributed
 

@@ -18,6 +18,9 @@
 * **Ops without a CPU kernel.** SGLang 0.5.17 installed on a CUDA machine registers some custom
   ops for CUDA only ("Could not run 'sglang::store_cache' with arguments from the 'CPU'
   backend"): a CPU runner builds but cannot run. `cpu_less_op` reads that from an error.
+* **Advice in SGLang's own flags.** A KV pool that does not fit fails with "increase
+  --mem-fraction-static", a server flag the kit spells ``--sglang-mem-fraction``;
+  `kv_pool_does_not_fit` reads that from an error.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ _DROPPED_CONFIG_DEFAULTS = {"position_embedding_type": "absolute"}
 
 _DISPATCH_FAILURE = re.compile(r"failed to dispatch data type (\w+)")
 _NO_CPU_KERNEL = re.compile(r"Could not run '([\w:.]+)' with arguments from the 'CPU' backend")
+_KV_POOL_TOO_SMALL = re.compile(r"(?:increase|raise) --mem-fraction-static", re.IGNORECASE)
 _TORCH_DTYPE_NAMES = {"Float": "float32", "Half": "float16", "BFloat16": "bfloat16", "Double": "float64"}
 
 
@@ -92,6 +96,11 @@ def cpu_less_op(exc: BaseException) -> str | None:
     """The custom op this SGLang build registers without a CPU kernel (e.g. "sglang::store_cache"), or None."""
     match = _search_chain(exc, _NO_CPU_KERNEL)
     return match.group(1) if match else None
+
+
+def kv_pool_does_not_fit(exc: BaseException) -> bool:
+    """Whether SGLang gave up because the memory fraction leaves no room for the KV pool."""
+    return _search_chain(exc, _KV_POOL_TOO_SMALL) is not None
 
 
 @contextlib.contextmanager
