@@ -56,6 +56,13 @@ def check_model_dir(option: str, directory: str) -> None:
             raise SpecError(f"{option} {directory!r}: {weights.name} is not a complete safetensors file ({problem}); copy or save the model again")
 
 
+def kit_cache_dir() -> Path:
+    """Where the kit keeps what outlives a run (embedded models, ServerArgs schemas):
+    ``$XDG_CACHE_HOME/pytest-sglang-runner``, by default ``~/.cache/pytest-sglang-runner``."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "pytest-sglang-runner"
+
+
 def cached_hub_snapshot(model_id: str) -> str | None:
     """The local snapshot directory of a hub model id, or None when it is not in the HF cache."""
     try:

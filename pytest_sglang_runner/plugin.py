@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -18,15 +19,20 @@ import pytest
 
 from . import devices, ports
 from .lifecycle import LiveRunner, RunnerBuildError, RunnerFactory
+from .models.embedded import models_cache_dir
 from .options import OPTIONS, RunnerSpec, SpecError, spec_from_values
 from .sglang_compat import UnsupportedSGLang
 
 factory_key = pytest.StashKey[RunnerFactory]()
 SETUP_ERRORS = (SpecError, RunnerBuildError, UnsupportedSGLang)
 
+# Tests that ask for any of these build (or reuse) a runner: ordered by config, marked sglang_runner.
+RUNNER_FIXTURES = frozenset({"runner", "sglang_live", "sglang_forward", "runner_factory"})
+
 MARKERS = (
     "sglang(**overrides): build this test's runner with these settings (RunnerSpec fields such as "
     "tp=2, dtype='bfloat16', model=PATH, or any ServerArgs field)",
+    "sglang_runner: set by the kit on every test that uses a runner fixture (select with -m)",
     "gpu(n=1): skip unless at least n CUDA GPUs are visible",
     "mezo_full: the MeZO paper setting (needs --sglang-model roberta-large and --sst2-dir)",
 )
@@ -44,6 +50,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             help=option.help,
         )
         parser.addini(option.ini, option.help, type="linelist" if option.repeatable else "string", default=None)
+    group.addoption(
+        "--sglang-clear-cache", action="store_true", default=False, help="delete the kit's cached embedded models first (they are written again)"
+    )
+    group.addoption(
+        "--sglang-skip", action="store_true", default=None, help="skip every test that uses a runner (e.g. on machines without SGLang)"
+    )
+    parser.addini("sglang_skip", "skip every test that uses a runner", type="bool", default=False)
     group.addoption("--sst2-dir", dest="sst2_dir", default=None, metavar="DIR", help="SST-2 data directory (GLUE TSV or MeZO k-shot layout)")
     parser.addini("sst2_dir", "SST-2 data directory (GLUE TSV or MeZO k-shot layout)", default=None)
 
@@ -87,7 +100,9 @@ def pytest_configure(config: pytest.Config) -> None:
             devices.check_gpus_suffice(spec.device, _xdist_workers(config), spec.tp)
     except SpecError as exc:
         raise pytest.UsageError(f"{exc}") from None
-    factory = RunnerFactory(spec, cache_root=Path(), worker_index=devices.xdist_worker_index())
+    if config.getoption("sglang_clear_cache") and not hasattr(config, "workerinput"):
+        shutil.rmtree(models_cache_dir(), ignore_errors=True)
+    factory = RunnerFactory(spec, cache_root=models_cache_dir(), worker_index=devices.xdist_worker_index())
     config.stash[factory_key] = factory
     config.add_cleanup(ports.sweep_stale_lock_files)  # runs after factory.close: files of crashed peers too
     config.add_cleanup(lambda: _close_at_session_end(factory))
@@ -136,25 +151,47 @@ def _fail_setup(request: pytest.FixtureRequest, exc: Exception):
     raise pytest.fail.Exception(text, pytrace=False) from None  # not the chain we are handling
 
 
-def _sort_key(item: pytest.Item) -> str:
+def _sort_key(item: pytest.Item) -> tuple[bool, str]:
+    """The default config first, then each marker's config together."""
     try:
-        return repr(sorted(_marker_overrides(item).items()))
+        overrides = _marker_overrides(item)
     except SpecError:
-        return ""  # the test reports its marker when it runs; collection goes on
+        return (False, "")  # the test reports its marker when it runs; collection goes on
+    return (bool(overrides), repr(sorted(overrides.items())))
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run tests that share a runner config together, so each config is built once."""
-    items.sort(key=_sort_key)
+def _uses_runner(item: pytest.Item) -> bool:
+    return not RUNNER_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
+def _gpu_skip_reason(item: pytest.Item, found: list[int]) -> str | None:
     marker = item.get_closest_marker("gpu")
-    if marker is not None:
-        needed = marker.kwargs.get("n", marker.args[0] if marker.args else 1)
-        found = devices.cuda_device_count()
-        if found < needed:
-            pytest.skip(f"needs {needed} CUDA GPU(s), found {found}")
+    if marker is None:
+        return None
+    needed = marker.kwargs.get("n", marker.args[0] if marker.args else 1)
+    if not found:
+        found.append(devices.cuda_device_count())  # torch only when some test asks for GPUs
+    return f"needs {needed} CUDA GPU(s), found {found[0]}" if found[0] < needed else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the runner tests and group them by config (so each config is built once), in the
+    places runner tests already held: other tests keep their order. Skips are added as marks, so
+    pytest reports them at the test."""
+    skip_all = config.getoption("sglang_skip") or config.getini("sglang_skip")
+    gpus_found: list[int] = []
+    slots = []
+    for index, item in enumerate(items):
+        reason = _gpu_skip_reason(item, gpus_found)
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
+        if _uses_runner(item):
+            item.add_marker("sglang_runner")
+            if skip_all:
+                item.add_marker(pytest.mark.skip(reason="--sglang-skip: tests that use an SGLang runner are skipped"))
+            slots.append(index)
+    for index, item in zip(slots, sorted((items[i] for i in slots), key=_sort_key)):
+        items[index] = item
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -205,13 +242,10 @@ class XdistBuildReports:
 
 
 @pytest.fixture(scope="session")
-def runner_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> RunnerFactory:
+def runner_factory(request: pytest.FixtureRequest) -> RunnerFactory:
     """This process's RunnerFactory. Only one runner lives per process: `get()` with another
     config tears the current runner down first."""
-    factory = request.config.stash[factory_key]
-    base = tmp_path_factory.getbasetemp()
-    factory.cache_root = base.parent if worker_id != "master" else base  # shared by xdist workers
-    return factory
+    return request.config.stash[factory_key]
 
 
 @pytest.fixture

@@ -96,7 +96,57 @@ def test_gpu_marker_skips_with_a_reason_without_gpus(pytester):
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs")
     result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["*needs 2 CUDA GPU(s), found 0*"])
+    result.stdout.fnmatch_lines(["SKIPPED [[]1[]] test_gpu.py:3: needs 2 CUDA GPU(s), found 0"])  # at the test, not in the plugin
+
+
+ORDERING = """
+import pytest
+
+def test_plain_first():
+    pass
+
+@pytest.mark.sglang(max_total_tokens=1024)
+def test_runner_b(runner):
+    pass
+
+def test_plain_middle():
+    pass
+
+def test_runner_a(sglang_forward):
+    pass
+
+def test_plain_last():
+    pass
+"""
+
+
+def _collected(result) -> list[str]:
+    return [line.strip().split("::")[-1] for line in result.outlines if "::" in line]
+
+
+def test_only_runner_tests_are_regrouped_and_marked(pytester):
+    pytester.makepyfile(test_order=ORDERING)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only", "-q")
+    # Default config first, in the slots runner tests held; plain tests stay where they were.
+    assert _collected(result) == ["test_plain_first", "test_runner_a", "test_plain_middle", "test_runner_b", "test_plain_last"]
+    selected = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only", "-q", "-m", "not sglang_runner")
+    assert _collected(selected) == ["test_plain_first", "test_plain_middle", "test_plain_last"]
+
+
+@pytest.mark.parametrize("how", [["--sglang-skip"], "ini"])
+def test_sglang_skip_skips_the_runner_tests_only(pytester, how):
+    pytester.makepyfile(test_order=ORDERING)
+    if how == "ini":
+        pytester.makeini("[pytest]\nsglang_skip = true\n")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs", *(how if how != "ini" else []))
+    result.assert_outcomes(passed=3, skipped=2)
+    result.stdout.fnmatch_lines(["*--sglang-skip: tests that use an SGLang runner are skipped*"])
+
+
+def test_runs_without_xdist(pytester):
+    pytester.makepyfile(test_x="def test_x(runner):\n    assert runner.model is not None\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist", "-W", "ignore")
+    result.assert_outcomes(passed=1)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU case")
@@ -141,3 +191,25 @@ def test_an_hf_masked_lm_checkpoint_loads_through_the_model_option(pytester, tmp
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "ignore", f"--sglang-model={checkpoint}")
     result.assert_outcomes(passed=1)
+
+
+def test_the_embedded_model_is_written_once_per_machine_and_cleared_on_request(pytester, tmp_path, monkeypatch, record_property):
+    """The second run reads the model the first one wrote (a persistent, version-keyed cache);
+    --sglang-clear-cache writes it again. The run times are quoted in docs/index.md."""
+    import time
+
+    from pytest_sglang_runner.models.embedded import bytes_key
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    pytester.makepyfile(test_x="def test_x(runner):\n    assert runner.model is not None\n")
+    weights = tmp_path / "xdg" / "pytest-sglang-runner" / "models" / bytes_key() / "embedded-llama" / "model.safetensors"
+    stamps, seconds = [], []
+    for args in ([], [], ["--sglang-clear-cache"]):
+        started = time.perf_counter()
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "ignore", "--sglang-model=embedded-llama", *args)
+        seconds.append(time.perf_counter() - started)
+        result.assert_outcomes(passed=1)
+        stamps.append(weights.stat().st_mtime_ns)
+    assert stamps[0] == stamps[1] != stamps[2]
+    for name, value in zip(("first_run_s", "second_run_s", "cleared_run_s"), seconds):
+        record_property(name, round(value, 1))

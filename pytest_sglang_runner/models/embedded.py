@@ -7,8 +7,10 @@ word lists and the tokenizer training, and `ensure_embedded_model`.
 Same bytes every time for a given torch/transformers/tokenizers: the tokenizer is a byte-level
 BPE trained on a fixed word list, the weights come from one seeded generator. The checkpoint is
 what transformers' ``save_pretrained`` writes for a ``RobertaForMaskedLM``, so it loads both in
-HF and (through the kit's model class) in SGLang. `ensure_embedded_model` writes it once per
-test run under a file lock, so xdist workers share one copy.
+HF and (through the kit's model class) in SGLang. `ensure_embedded_model` writes it under a file
+lock into a directory keyed by everything that decides its bytes (`bytes_key`): the plugin keeps
+that in the kit's persistent cache, so only the first run on a machine pays for it, and xdist
+workers and concurrent sessions share one copy.
 """
 
 from __future__ import annotations
@@ -167,12 +169,37 @@ def _writers() -> dict:
     return {"embedded-roberta": write_embedded_model, "embedded-llama": write_embedded_llama}
 
 
+KEYED_BY = ("pytest-sglang-runner", "torch", "transformers", "tokenizers", "safetensors")
+
+
+def bytes_key() -> str:
+    """The versions the embedded models' bytes depend on, as a directory name (read from package
+    metadata: nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package):
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "none"
+
+    return "-".join(f"{package.split('-')[0]}{installed(package)}" for package in KEYED_BY).replace("+", "_")
+
+
+def models_cache_dir() -> Path:
+    """The persistent home of the embedded models (``--sglang-clear-cache`` empties it)."""
+    from ..model_dir import kit_cache_dir
+
+    return kit_cache_dir() / "models"
+
+
 def ensure_embedded_model(root: Path, name: str = "embedded-roberta") -> Path:
-    """The embedded model ``name`` under ``root``, written by the first process to get there (file-locked)."""
+    """The embedded model ``name`` under ``root/bytes_key()``, written by the first process to get
+    there (file-locked) and reused after."""
     from filelock import FileLock
 
     writer = _writers()[name]
-    root = Path(root)
+    root = Path(root) / bytes_key()
     root.mkdir(parents=True, exist_ok=True)
     target = root / name
     with FileLock(str(root / f"{name}.lock")):

@@ -25,11 +25,11 @@ from torch import nn
 import torch.nn.functional as F
 
 from sglang.srt.distributed.communication_op import tensor_model_parallel_all_gather
-from sglang.srt.distributed.parallel_state import get_tensor_model_parallel_world_size
 from sglang.srt.model_executor.forward_batch_info import ForwardBatch
 from sglang.srt.model_loader.weight_utils import default_weight_loader
 from sglang.srt.models.roberta import XLMRobertaBaseModel
 
+from .. import sglang_compat
 from .fused import add_layer_norm
 
 ARCHITECTURE = "RobertaForMaskedLM"
@@ -60,7 +60,7 @@ class RobertaLMHead(nn.Module):
     def forward(self, hidden_states: torch.Tensor, decoder_weight: torch.Tensor, vocab_size: int) -> torch.Tensor:
         x = self.layer_norm(F.gelu(self.dense(hidden_states)))
         logits = x @ decoder_weight.t()  # this rank's slice of the (padded) vocabulary
-        if get_tensor_model_parallel_world_size() > 1:
+        if sglang_compat.tp_world_size() > 1:
             logits = tensor_model_parallel_all_gather(logits)
         return logits[:, :vocab_size] + self.bias
 

@@ -47,9 +47,9 @@ def roberta_hf_to_sglang(name: str, hidden_size: int, vocab_size: int) -> tuple[
 
 def roberta_sglang_views(model: torch.nn.Module, hf_config=None) -> list[ParamView]:
     """Views of an SGLang RobertaForMaskedLM's tensors under HF names, in HF order (TP=1)."""
-    from sglang.srt.distributed.parallel_state import get_tensor_model_parallel_world_size
+    from .. import sglang_compat
 
-    if get_tensor_model_parallel_world_size() != 1:
+    if sglang_compat.tp_world_size() != 1:
         raise NotImplementedError("MeZO parameter views map the SGLang RoBERTa layout for TP=1 only")
     config = hf_config if hf_config is not None else model.config
     params = dict(model.named_parameters())

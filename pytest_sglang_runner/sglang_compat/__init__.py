@@ -23,7 +23,7 @@ from .batches import (
     run_packed,
     runner_limits,
 )
-from .bootstrap import barrier, build_model_runner, destroy_distributed_state
+from .bootstrap import barrier, build_model_runner, destroy_distributed_state, tp_world_size
 from .graphs import CAPTURABLE_BACKENDS, ModelCall, can_capture
 from .process import (
     SUPPORTED_VERSIONS,
@@ -70,6 +70,7 @@ __all__ = [
     "run_packed",
     "runner_limits",
     "supported_architectures",
+    "tp_world_size",
     "typed_server_args",
     "uses_cpu_engine",
 ]

@@ -126,6 +126,13 @@ def destroy_distributed_state() -> None:
         reset()
 
 
+def tp_world_size() -> int:
+    """Ranks in this runner's TP group (0.5.23 deprecates ``get_tensor_model_parallel_world_size``)."""
+    from sglang.srt.distributed.parallel_state import get_tp_group
+
+    return get_tp_group().world_size
+
+
 def barrier() -> None:
     import torch.distributed
 

@@ -64,8 +64,9 @@ class Schema:
 
 
 def _schema_cache_path(version: str) -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "pytest-sglang-runner" / f"server-args-{version}.json"
+    from ..model_dir import kit_cache_dir
+
+    return kit_cache_dir() / f"server-args-{version}.json"
 
 
 def cached_schema() -> Schema | None:
