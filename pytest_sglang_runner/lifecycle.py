@@ -38,7 +38,9 @@ class BuildRecord:
     model: str
     device: str
     sglang_version: str
-    api: str
+    dtype: str
+    attention_backend: str
+    tp: int
     seconds: float
 
 
@@ -384,7 +386,7 @@ class RunnerFactory:
         model_path = resolve_model_path(spec, self.cache_root)
         sglang_compat.prepare_process(device)
         sglang_compat.import_sglang()
-        api = sglang_compat.detect_api()
+        sglang_compat.detect_api()  # an unknown bootstrap fails here, before any port is taken
         for attempt in range(1, BUILD_ATTEMPTS + 1):
             reservations = ports.reserve_ports(2)
             dist_port, server_port = (r.port for r in reservations)
@@ -413,7 +415,9 @@ class RunnerFactory:
             model=model_path,
             device=device if device == "cpu" else f"cuda:{','.join(map(str, gpu_ids))}",
             sglang_version=sglang_compat.installed_version(),
-            api=api,
+            dtype=kwargs["dtype"],
+            attention_backend=kwargs["attention_backend"],
+            tp=spec.tp,
             seconds=time.perf_counter() - started,
         )
         self.records.append(record)

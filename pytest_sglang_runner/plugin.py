@@ -21,7 +21,7 @@ from . import devices, ports
 from .lifecycle import LiveRunner, RunnerBuildError, RunnerFactory
 from .models.embedded import models_cache_dir
 from .options import OPTIONS, RunnerSpec, SpecError, spec_from_values
-from .sglang_compat import UnsupportedSGLang
+from .sglang_compat import UnsupportedSGLang, installed_version
 
 factory_key = pytest.StashKey[RunnerFactory]()
 SETUP_ERRORS = (SpecError, RunnerBuildError, UnsupportedSGLang)
@@ -195,21 +195,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"sglang-runner: {config.stash[factory_key].default_spec.describe()}"
+    try:
+        version = f"SGLang {installed_version()}"
+    except UnsupportedSGLang:
+        version = "SGLang not installed"
+    return f"sglang-runner: {version}; {config.stash[factory_key].default_spec.describe()}"
+
+
+def _seconds(times: list[float]) -> str:
+    if len(times) > 6:  # a cycle test's hundred builds: the first, then the spread of the rest
+        rest = sorted(times[1:])
+        return f"{times[0]:.1f}, then {rest[0]:.1f}-{rest[-1]:.1f} (median {rest[len(rest) // 2]:.1f})"
+    return ", ".join(f"{t:.1f}" for t in times)
 
 
 def _build_lines(records) -> list[str]:
-    if not records:
-        return []
-    first = records[0]
-    times = [r["seconds"] for r in records]
-    seconds = ", ".join(f"{t:.1f}" for t in times)
-    if len(times) > 6:  # a cycle test's hundred builds: the first, then the spread of the rest
-        rest = sorted(times[1:])
-        seconds = f"{times[0]:.1f}, then {rest[0]:.1f}-{rest[-1]:.1f} (median {rest[len(rest) // 2]:.1f})"
+    """One line per config built: what it was, and how long its builds took."""
+    by_config: dict[tuple, list[float]] = {}
+    for r in records:
+        config = (r["sglang_version"], r["model"], r["device"], r["dtype"], r["attention_backend"], r["tp"])
+        by_config.setdefault(config, []).append(r["seconds"])
     return [
-        f"sglang-runner: SGLang {first['sglang_version']} ({first['api']}), device {first['device']}, "
-        f"model {first['model']}, {len(records)} build(s) in {seconds} s"
+        f"sglang-runner: SGLang {version} built {model} on {device}, {dtype}, {backend} attention, tp {tp}: "
+        f"{len(times)} build{'s' if len(times) > 1 else ''} in {_seconds(times)} s"
+        for (version, model, device, dtype, backend, tp), times in by_config.items()
     ]
 
 

@@ -47,7 +47,7 @@ def test_a_user_test_needs_nothing_but_the_runner_fixture(pytester, tmp_path, mo
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "ignore")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.re_match_lines([r"sglang-runner: SGLang \d+\.\d+\.\d+ \(\S+\), device (cpu|cuda:0), model .*embedded-roberta, 1 build\(s\) in [\d.]+ s"])
+    result.stdout.re_match_lines([r"sglang-runner: SGLang \d+\.\d+\.\d+ built .*embedded-roberta on (cpu|cuda:0), \w+, \w+ attention, tp 1: 1 build in [\d.]+ s"])
     assert json.loads((tmp_path / "state.json").read_text()) == {"distributed": False}
 
 
@@ -61,7 +61,7 @@ def test_each_xdist_worker_builds_its_own_runner(pytester, tmp_path, monkeypatch
     first, second = records(tmp_path)
     assert first["pid"] != second["pid"]
     assert not set(first["ports"]) & set(second["ports"])
-    result.stdout.re_match_lines([r"sglang-runner: .*2 build\(s\)"])
+    result.stdout.re_match_lines([r"sglang-runner: SGLang .* tp 1: 2 builds in [\d.]+, [\d.]+ s"])
 
 
 def test_two_pytest_sessions_at_once_both_pass_with_disjoint_ports(pytester, tmp_path):
