@@ -7,6 +7,7 @@ the original exception stays on ``__cause__``, which the fixtures print with ``-
 
 from __future__ import annotations
 
+import errno
 import json
 import traceback
 from pathlib import Path
@@ -48,11 +49,27 @@ def drop_frames(exc: BaseException) -> None:
         traceback.clear_frames(link.__traceback__)
 
 
+def _innermost(exc: BaseException) -> BaseException:
+    return list(_chain(exc))[-1]
+
+
+def port_taken_by_another_process(exc: BaseException) -> bool:
+    """Whether a build failed because a port was bound by someone else after it was reserved
+    (a process outside the kit ignores the locks): a build with new ports will not meet it again."""
+    return any(
+        getattr(link, "errno", None) == errno.EADDRINUSE or "address already in use" in str(link).lower() for link in _chain(exc)
+    )
+
+
+def mem_fraction_flag(spec: RunnerSpec) -> str:
+    fraction = spec.mem_fraction if spec.mem_fraction is not None else "(SGLang's default)"
+    return f"--sglang-mem-fraction {fraction}"
+
+
 def _origin(exc: BaseException) -> str:
     """Where the innermost exception was raised, when that is outside SGLang, torch and transformers
     (a user's model class): ``file:line``; else empty."""
-    innermost = list(_chain(exc))[-1]
-    frames = traceback.extract_tb(innermost.__traceback__)
+    frames = traceback.extract_tb(_innermost(exc).__traceback__)
     if not frames:
         return ""
     frame = frames[-1]
@@ -77,7 +94,7 @@ def build_failure(spec: RunnerSpec, model_path: str, device: str, exc: BaseExcep
     names = list(config.get("architectures") or [])
     architecture = ", ".join(names) or "the model"
     model_flag = f"--sglang-model {spec.model}"
-    cause = one_line(list(_chain(exc))[-1])
+    cause = one_line(_innermost(exc))
     refused = sglang_compat.refused_dtype(exc)
     if refused is not None and device == "cuda":
         dtype_flag = f"--sglang-dtype {spec.dtype}" if spec.dtype != "auto" else f"--sglang-dtype auto (the checkpoint's {refused})"
@@ -92,9 +109,8 @@ def build_failure(spec: RunnerSpec, model_path: str, device: str, exc: BaseExcep
             "runner cannot run; use --sglang-device cuda here, or run CPU tests where SGLang is installed without CUDA"
         )
     if sglang_compat.kv_pool_does_not_fit(exc):
-        fraction = spec.mem_fraction if spec.mem_fraction is not None else "(SGLang's default)"
         return SpecError(
-            f"--sglang-mem-fraction {fraction}: no GPU memory is left for the KV pool ({cause}); raise "
+            f"{mem_fraction_flag(spec)}: no GPU memory is left for the KV pool ({cause}); raise "
             "--sglang-mem-fraction (e.g. 0.5), or free the memory other processes hold on this GPU"
         )
     if any("safetensor" in type(link).__name__.lower() for link in _chain(exc)):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import devices, ports, sglang_compat
-from .build_errors import RunnerBuildError, build_failure, drop_frames, model_config
+from .build_errors import RunnerBuildError, build_failure, drop_frames, mem_fraction_flag, model_config, port_taken_by_another_process
 from .forward import Forward
 from .generation import generate
 from .model_dir import cached_hub_snapshot
@@ -141,7 +141,7 @@ def check_kv_budget(runner, spec: RunnerSpec) -> None:
         return
     sized = f"SGLang sized this runner to {limits.kv_slots} KV token slot(s) and {limits.request_slots} request slot(s)"
     if limits.kv_slots < spec.max_total_tokens:  # memory, not the option, was the limit
-        raise SpecError(f"--sglang-mem-fraction {spec.mem_fraction}: {sized}, too few for one {needed}-token sequence; raise --sglang-mem-fraction")
+        raise SpecError(f"{mem_fraction_flag(spec)}: {sized}, too few for one {needed}-token sequence; raise --sglang-mem-fraction")
     raise SpecError(
         f"--sglang-max-total-tokens {spec.max_total_tokens}: {sized}, too few for one {needed}-token sequence; "
         f"use at least {2 * needed} (the default is {RunnerSpec.max_total_tokens})"
@@ -406,7 +406,7 @@ class RunnerFactory:
                 teardown(peers=peers, reservations=reservations, device=device)
                 if not isinstance(exc, Exception):
                     raise
-                if attempt < BUILD_ATTEMPTS and ports.lost_to_another_socket(exc):
+                if attempt < BUILD_ATTEMPTS and port_taken_by_another_process(exc):
                     continue  # another process bound a reserved port after the check: new ports
                 if isinstance(exc, SpecError):
                     raise

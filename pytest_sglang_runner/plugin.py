@@ -164,14 +164,13 @@ def _uses_runner(item: pytest.Item) -> bool:
     return not RUNNER_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
 
 
-def _gpu_skip_reason(item: pytest.Item, found: list[int]) -> str | None:
+def _gpu_skip_reason(item: pytest.Item) -> str | None:
     marker = item.get_closest_marker("gpu")
     if marker is None:
         return None
     needed = marker.kwargs.get("n", marker.args[0] if marker.args else 1)
-    if not found:
-        found.append(devices.cuda_device_count())  # torch only when some test asks for GPUs
-    return f"needs {needed} CUDA GPU(s), found {found[0]}" if found[0] < needed else None
+    found = devices.cuda_device_count()  # imports torch: only when a test asks for GPUs
+    return f"needs {needed} CUDA GPU(s), found {found}" if found < needed else None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -179,10 +178,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     places runner tests already held: other tests keep their order. Skips are added as marks, so
     pytest reports them at the test."""
     skip_all = config.getoption("sglang_skip") or config.getini("sglang_skip")
-    gpus_found: list[int] = []
     slots = []
     for index, item in enumerate(items):
-        reason = _gpu_skip_reason(item, gpus_found)
+        reason = _gpu_skip_reason(item)
         if reason is not None:
             item.add_marker(pytest.mark.skip(reason=reason))
         if _uses_runner(item):

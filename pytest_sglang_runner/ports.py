@@ -133,18 +133,6 @@ def reserve_port(attempts: int = 200) -> PortReservation:
     raise RuntimeError(f"no free TCP port found after {attempts} attempts (lock directory {LOCK_DIR})")
 
 
-def lost_to_another_socket(exc: BaseException) -> bool:
-    """Whether a build failed because a port was bound by someone else after it was reserved
-    (a process outside the kit ignores the locks): a build with new ports will not meet it again."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if getattr(exc, "errno", None) == errno.EADDRINUSE or "address already in use" in str(exc).lower():
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
 def reserve_ports(count: int) -> list[PortReservation]:
     reservations: list[PortReservation] = []
     try:
