@@ -4,15 +4,17 @@
 it on the ModelRunner, splits the packed output back into one tensor per sequence, and gives
 the KV slots back. `prepare` / `run` / `release` keep a packed batch alive so it can be run
 again (MeZO runs one batch twice per step); only one prepared batch lives at a time.
-`generate` decodes greedily (`generation.generate`).
+`generate` decodes greedily (`generation.generate`). Each call runs under the runner's time limit
+(`timeouts`); after a timeout the runner's state is unknown, and its owner tears it down.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import generation, limits, sglang_compat
+from . import generation, limits, sglang_compat, timeouts
 
 
 @dataclass
@@ -116,19 +118,55 @@ class Tokenized:
         return tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
+def _bounded(phase: str):
+    """The method under the runner's time limit; on a timeout the owner's `on_timeout` tears the
+    runner down (its state is unknown) before the test sees the error. A call inside another
+    (``__call__``'s ``run``) runs under the outer one's limit."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        def bounded(self: "Forward", *args, **kwargs):
+            __tracebackhide__ = True  # pytest shows the test's call, then the error
+            if self._bounding or not self.timeout_s:
+                return method(self, *args, **kwargs)
+            self._bounding = True
+            try:
+                with timeouts.deadline(phase, self.timeout_s, on_expire=self.on_expire):
+                    return method(self, *args, **kwargs)
+            except timeouts.SGLangTimeout:
+                self._live = None
+                if self.on_timeout is not None:
+                    self.on_timeout()
+                raise
+            finally:
+                self._bounding = False
+
+        return bounded
+
+    return decorate
+
+
 class Forward(Tokenized):
-    """Runs batches on one ModelRunner; with TP, `mirror` replays each call on the other ranks."""
+    """Runs batches on one ModelRunner; with TP, `mirror` replays each call on the other ranks.
+
+    `timeout_s` (0: none) bounds each call; the factory sets it to the current test's limit and
+    gives the hooks `timeouts.deadline` runs past it (`on_expire`) and after it (`on_timeout`)."""
 
     def __init__(self, runner, model_path: str | None = None, mirror: Callable[..., None] | None = None):
         self.runner = runner
         self.model_path = model_path or runner.model_config.model_path
         self._mirror = mirror or (lambda *call: None)
         self._live: PreparedBatch | None = None
+        self.timeout_s = 0.0
+        self.on_expire: Callable[[], None] | None = None
+        self.on_timeout: Callable[[], None] | None = None
+        self._bounding = False
 
     def _check_no_live_batch(self) -> None:
         if self._live is not None:
             raise RuntimeError("a prepared batch is still alive: release() it before preparing another")
 
+    @_bounded("forward")
     def prepare(self, inputs, hidden_states: bool = False) -> PreparedBatch:
         """Allocate KV slots and pack the batch; it can then be `run` any number of times."""
         self._check_no_live_batch()
@@ -139,6 +177,7 @@ class Forward(Tokenized):
         self._live = PreparedBatch(token_lists, packed, hidden_states)
         return self._live
 
+    @_bounded("forward")
     def run(self, prepared: PreparedBatch) -> ForwardResult:
         if prepared.released:
             raise RuntimeError("this prepared batch was released; prepare it again")
@@ -149,6 +188,7 @@ class Forward(Tokenized):
             raw = sglang_compat.run_packed(self.runner, prepared.packed)
         return _interpret(raw, [len(ids) for ids in prepared.token_lists])
 
+    @_bounded("forward")
     def release(self, prepared: PreparedBatch | None = None) -> None:
         """Give the batch's KV slots back (idempotent)."""
         target = prepared or self._live
@@ -160,6 +200,7 @@ class Forward(Tokenized):
         if self._live is target:
             self._live = None
 
+    @_bounded("forward")
     def __call__(self, inputs, hidden_states: bool = False) -> ForwardResult:
         prepared = self.prepare(inputs, hidden_states=hidden_states)
         try:
@@ -178,6 +219,7 @@ class Forward(Tokenized):
     def embeddings(self, inputs):
         return self(inputs).embeddings
 
+    @_bounded("generate")
     def generate(
         self,
         prompts,

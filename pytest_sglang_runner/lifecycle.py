@@ -7,6 +7,11 @@ ServerArgs, TP peer processes, then the adapter's bootstrap. `teardown` is the s
 path, used after a test session, before a rebuild, and when a build fails half-way: release
 the KV pool, stop the TP peers, destroy the groups and the process group, reset SGLang's
 published context, free memory, release the ports.
+
+Each build, forward and teardown runs under the run's time limit (`timeouts`): past it, every
+thread's stack is dumped, TP peers dump theirs and are stopped, and the phase fails with
+`SGLangTimeout`; a runner whose build or forward timed out is torn down, so the next test builds
+a fresh one, and a teardown that timed out still stops the peers and frees the ports.
 """
 
 from __future__ import annotations
@@ -14,20 +19,22 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from . import devices, ports, sglang_compat
+from . import devices, ports, sglang_compat, timeouts
 from .build_errors import RunnerBuildError, build_failure, drop_frames, mem_fraction_flag, model_config, port_taken_by_another_process
 from .forward import Forward
 from .generation import generate
 from .model_dir import cached_hub_snapshot
 from .options import RunnerSpec, SpecError
+from .quiet import quiet_build
 
-PEER_START_TIMEOUT_S = 300.0
+PEER_DUMP_WAIT_S = 1.0  # for the TP peers to write their stacks before they are killed
 BUILD_ATTEMPTS = 2  # a second try only when a reserved port was taken by a process outside the kit
 
 
@@ -166,6 +173,7 @@ def warm_up(runner) -> None:
 
 def _serve_rank(conn, spec: RunnerSpec, kwargs: dict, rank: int, gpu_id: int, dist_port: int, device: str) -> None:
     """Body of a TP peer process: build rank `rank`, then replay rank 0's forward calls until told to close."""
+    timeouts.enable_stack_dumps_on_request()  # rank 0 asks when a phase runs past its limit
     sglang_compat.prepare_process(device)
     sglang_compat.import_sglang()
     forward = None
@@ -221,12 +229,25 @@ class RankPeers:
             self.conns.append(parent)
 
     def wait_ready(self) -> None:
+        """Wait for every peer's build; the build's time limit (`timeouts`) bounds the wait."""
         for rank, conn in enumerate(self.conns, start=1):
-            if not conn.poll(PEER_START_TIMEOUT_S):
-                raise RunnerBuildError(f"TP rank {rank} did not finish building within {PEER_START_TIMEOUT_S:.0f} s")
-            status, detail = conn.recv()
+            status, detail = conn.recv()  # EOFError when the peer ended without a word
             if status != "ready":
                 raise RunnerBuildError(f"TP rank {rank} failed to build:\n{detail}")
+
+    def dump_stacks_and_stop(self) -> None:
+        """After a timeout: every peer writes its threads' stacks to stderr, then is killed (rank 0,
+        if blocked in a collective with them, then fails instead of waiting)."""
+        alive = [process for process in self.processes if process.is_alive()]
+        if timeouts.PEER_DUMP_SIGNAL is not None and alive:
+            ranks = ", ".join(process.name.rsplit("-", 1)[-1] for process in alive)
+            sys.stderr.write(f"sglang-runner: the stacks of TP rank(s) {ranks} follow, written by their own processes:\n")
+            sys.stderr.flush()
+            for process in alive:
+                os.kill(process.pid, timeouts.PEER_DUMP_SIGNAL)
+            time.sleep(PEER_DUMP_WAIT_S)
+        for process in alive:
+            process.kill()
 
     def mirror(self, *call) -> None:
         for conn in self.conns:
@@ -258,9 +279,27 @@ class RankPeers:
         self.processes, self.conns = [], []
 
 
+def _forget_runner(live: LiveRunner | None, device: str, errors: list) -> None:
+    """Undo what a build left in this process: groups, process group, SGLang's context, memory."""
+    try:
+        sglang_compat.destroy_distributed_state()
+    except Exception as exc:
+        errors.append(exc)
+    if live is not None:
+        live.model_runner = None
+        live.forward.runner = None
+    gc.collect()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
 def teardown(live: LiveRunner | None = None, *, peers: RankPeers | None = None, reservations=(), device: str = "cpu") -> None:
     """The one cleanup path: safe on a half-built runner, when parts are already gone, and when
-    interrupted (the peers and the ports go whatever happens before)."""
+    interrupted (the peers and the ports go whatever happens before). Interrupted by a timeout,
+    it also undoes the rest, under a limit of its own: the process goes on to the next build."""
     errors = []
     if live is not None:
         peers, reservations, device = live.peers, live.reservations, live.device
@@ -279,19 +318,14 @@ def teardown(live: LiveRunner | None = None, *, peers: RankPeers | None = None, 
                         errors.append(exc)
         if peers is not None:
             peers.join(timeout=30.0 if live is not None else 0.0)  # a half-built peer cannot finish: kill it
-        try:
-            sglang_compat.destroy_distributed_state()
-        except Exception as exc:
-            errors.append(exc)
-        if live is not None:
-            live.model_runner = None
-            live.forward.runner = None
-        gc.collect()
-        if device == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
+        _forget_runner(live, device, errors)
+    except timeouts.SGLangTimeout as exc:
+        # The hang was somewhere above: stop the peers first (nothing can wait on them then).
+        if peers is not None:
+            peers.join(timeout=0.0)
+        with timeouts.deadline("teardown", exc.seconds):
+            _forget_runner(live, device, [])
+        raise
     finally:
         if peers is not None:
             peers.join(timeout=0.0)  # no-op once joined; interrupted, the peers are killed
@@ -308,6 +342,9 @@ class RunnerFactory:
     default_spec: RunnerSpec
     cache_root: Path
     worker_index: int = 0
+    project_root: Path | None = None  # warnings from outside it during a build are SGLang's: dropped
+    last_build_log: str = ""  # SGLang's log lines and progress bars of the last build (shown with -v when it fails)
+    timeout_s: float = timeouts.DEFAULT_SECONDS  # the run's limit per build, forward, teardown (0: none)
     records: list[BuildRecord] = field(default_factory=list)
     _live: LiveRunner | None = None
     _failed: dict = field(default_factory=dict)
@@ -322,29 +359,54 @@ class RunnerFactory:
         return self._live
 
     def get(self, spec: RunnerSpec | None = None, **overrides: Any) -> LiveRunner:
-        """The live runner for `spec` (default spec plus overrides), building it if needed."""
+        """The live runner for `spec` (default spec plus overrides), building it if needed.
+
+        ``timeout=SECONDS`` among the overrides (the marker's) bounds this call's teardown and
+        build and the runner's forwards from now on, in place of the run's limit; it is no part of
+        the spec, so it never causes a rebuild. A build that times out is not remembered as failed:
+        the next test tries again (the hang may have been the machine's)."""
+        limit, overrides = timeouts.split_limit(overrides)
+        limit = self.timeout_s if limit is None else limit
         spec = spec or self.spec_for(**overrides)
         if self._live is not None and self._live.spec == spec:
+            self._live.forward.timeout_s = limit
             return self._live
         if spec in self._failed:  # fail fast instead of rebuilding for every test
             failure = self._failed[spec]
             raise type(failure)(str(failure)) from failure.__cause__
-        self.close()
+        self.close(timeout=limit)
         try:
-            self._live = self._build(spec)
+            with quiet_build(self.project_root) as log:
+                try:
+                    self._live = self._build(spec, limit)
+                finally:
+                    self.last_build_log = log.getvalue()
         except (SpecError, RunnerBuildError, sglang_compat.UnsupportedSGLang) as exc:
             drop_frames(exc)  # remembered below: keep no frame of the build alive
             self._failed[spec] = exc
             raise
+        self._live.forward.timeout_s = limit
         return self._live
 
-    def close(self) -> None:
-        """Tear the live runner down (no-op when none is alive)."""
+    def close(self, timeout: float | None = None) -> None:
+        """Tear the live runner down (no-op when none is alive), within ``timeout`` seconds (default:
+        the run's limit); past it, teardown's ``finally`` still stops the TP peers and frees the ports."""
         live, self._live = self._live, None
         self._hf_models.clear()
         self._hf_runners.clear()
         if live is not None:
-            teardown(live)
+            limit = self.timeout_s if timeout is None else timeout
+            with timeouts.deadline("teardown", limit, on_expire=live.peers.dump_stacks_and_stop if live.peers else None):
+                teardown(live)
+
+    def _close_after_timeout(self) -> None:
+        """A forward that timed out left the runner in an unknown state: it goes now. Its errors
+        on the way (a stopped peer's broken pipe) are printed; the test fails with the timeout."""
+        if self._live is not None:
+            try:
+                self.close(timeout=self._live.forward.timeout_s)
+            except Exception as exc:
+                sys.stderr.write(f"sglang-runner: while tearing down the runner that timed out: {exc!r}\n")
 
     def model_path(self, spec: RunnerSpec | None = None) -> str:
         return resolve_model_path(spec or self.default_spec, self.cache_root)
@@ -379,7 +441,28 @@ class RunnerFactory:
             self._hf_runners[key] = HFRunner(model_path, dtype=dtype, device=device, fp32_lm_head=fp32_lm_head)
         return self._hf_runners[key]
 
-    def _build(self, spec: RunnerSpec) -> LiveRunner:
+    def _build(self, spec: RunnerSpec, limit: float) -> LiveRunner:
+        """`_build_runner` within ``limit`` seconds; past it, the TP peers started so far dump their
+        stacks and are stopped, and `_build_runner`'s cleanup frees the rest."""
+        started_peers: list[RankPeers] = []
+
+        def stop_peers() -> None:
+            for peers in started_peers:
+                peers.dump_stacks_and_stop()
+
+        live = None
+        try:
+            with timeouts.deadline("build", limit, on_expire=stop_peers):
+                live = self._build_runner(spec, started_peers.append)
+        except timeouts.SGLangTimeout:
+            if live is not None:  # built, just past the limit: it fails all the same, and goes
+                teardown(live)
+            raise
+        live.forward.on_expire = live.peers.dump_stacks_and_stop if live.peers else None
+        live.forward.on_timeout = self._close_after_timeout
+        return live
+
+    def _build_runner(self, spec: RunnerSpec, peers_started: Callable[[RankPeers], None]) -> LiveRunner:
         started = time.perf_counter()
         device = devices.resolve_device(spec.device)
         gpu_ids = devices.gpu_ids_for_worker(self.worker_index, spec.tp) if device == "cuda" else [0] * spec.tp
@@ -395,6 +478,7 @@ class RunnerFactory:
                 kwargs = server_args_kwargs(spec, model_path, device, dist_port, server_port)
                 if spec.tp > 1:
                     peers = RankPeers(spec, kwargs, gpu_ids, dist_port, device)
+                    peers_started(peers)
                 runner = _build_rank(spec, kwargs, 0, gpu_ids[0], dist_port, device)
                 if peers is not None:
                     peers.wait_ready()

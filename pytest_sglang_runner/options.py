@@ -61,6 +61,19 @@ def _fraction(option: str) -> Callable[[Any], float]:
     return parse
 
 
+def _seconds(option: str) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        try:
+            number = float(str(value))
+        except ValueError:
+            number = -1.0
+        if not number >= 0.0 or number == float("inf"):  # NaN and inf too
+            raise SpecError(f"{option} {value!r}: expected a number of seconds >= 0 (0: no limit), e.g. {option} 600")
+        return number
+
+    return parse
+
+
 def _model(option: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         from .model_dir import cached_hub_snapshot, check_model_dir
@@ -116,6 +129,7 @@ class Option:
     parse: Callable[[Any], Any]
     metavar: str = "VALUE"
     repeatable: bool = False
+    in_spec: bool = True  # False: a setting of the run, not of the runner (never rebuilds it)
 
     @property
     def flag(self) -> str:
@@ -144,8 +158,17 @@ OPTIONS: tuple[Option, ...] = (
     _option("mem_fraction", "fraction of GPU memory for weights and KV pool (SGLang's mem_fraction_static)", _fraction, metavar="F"),
     _option("max_total_tokens", "KV pool size in tokens", _positive_int, metavar="N"),
     _option("arg", "any other ServerArgs field, KEY=VALUE; repeatable", lambda o: lambda v: parse_server_args(o, v), metavar="KEY=VALUE", repeatable=True),
+    _option(
+        "timeout",
+        "seconds a runner build, forward or teardown may take; past it every thread's stack is dumped and the test fails "
+        "(default 300, 0: no limit; per test: @pytest.mark.sglang(timeout=...))",
+        _seconds,
+        metavar="SECONDS",
+        in_spec=False,
+    ),
 )
 OPTIONS_BY_FIELD = {option.field: option for option in OPTIONS}
+RUN_SETTINGS = frozenset(option.field for option in OPTIONS if not option.in_spec)
 
 
 @dataclass(frozen=True)
@@ -166,12 +189,15 @@ class RunnerSpec:
         return self.model in EMBEDDED_MODELS
 
     def with_overrides(self, **overrides: Any) -> "RunnerSpec":
-        """A copy with marker/factory overrides applied; unknown keys go to ServerArgs."""
+        """A copy with marker/factory overrides applied; unknown keys go to ServerArgs, and the
+        run's own settings (``timeout``) are checked and left out."""
         known = {f.name for f in dataclasses.fields(self)} - {"server_args"}
         changes: dict[str, Any] = {}
         extra = dict(self.server_args)
         for key, value in overrides.items():
-            if key in ("arg", "server_args"):
+            if key in RUN_SETTINGS:  # checked, but no part of the runner's config: it never causes a rebuild
+                OPTIONS_BY_FIELD[key].parse(value)
+            elif key in ("arg", "server_args"):
                 extra.update(parse_server_args("sglang(server_args=...)", value))
             elif key in known:
                 changes[key] = OPTIONS_BY_FIELD[key].parse(value)
@@ -188,7 +214,7 @@ def spec_from_values(get: Callable[[Option], Any]) -> RunnerSpec:
     values: dict[str, Any] = {}
     for option in OPTIONS:
         raw = get(option)
-        if raw is None or (option.repeatable and not raw):
+        if not option.in_spec or raw is None or (option.repeatable and not raw):
             continue
         if option.repeatable:
             values["server_args"] = tuple(sorted(option.parse(raw).items()))

@@ -9,33 +9,44 @@ test asks for a runner.
 from __future__ import annotations
 
 import dataclasses
-import os
+import hashlib
 import shutil
 import sys
 import traceback
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from . import devices, ports
+from . import devices, ports, timeouts
+from .factories import overrides_of
 from .lifecycle import LiveRunner, RunnerBuildError, RunnerFactory
 from .models.embedded import models_cache_dir
 from .options import OPTIONS, RunnerSpec, SpecError, spec_from_values
 from .sglang_compat import UnsupportedSGLang, installed_version
 
-factory_key = pytest.StashKey[RunnerFactory]()
-SETUP_ERRORS = (SpecError, RunnerBuildError, UnsupportedSGLang)
+if TYPE_CHECKING:  # neither is imported before a test asks for a runner
+    from sglang.srt.model_executor.model_runner import ModelRunner
+    from transformers import PreTrainedModel
 
-# Tests that ask for any of these build (or reuse) a runner: ordered by config, marked sglang_runner.
+    from .forward import Forward
+    from .reference import HFRunner
+
+factory_key = pytest.StashKey[RunnerFactory]()
+SETUP_ERRORS = (SpecError, RunnerBuildError, UnsupportedSGLang, timeouts.SGLangTimeout)
+
+# Tests that ask for any of these, or for a factories.sglang_runner fixture, build (or reuse) a
+# runner: ordered and xdist-grouped by config, marked sglang_runner.
 RUNNER_FIXTURES = frozenset({"runner", "sglang_live", "sglang_forward", "runner_factory"})
+TEST_CONFIG_FIXTURES = frozenset({"runner", "sglang_live", "sglang_forward"})  # the test's config (no factory fixture)
 
 MARKERS = (
     "sglang(**overrides): build this test's runner with these settings (RunnerSpec fields such as "
-    "tp=2, dtype='bfloat16', model=PATH, or any ServerArgs field)",
+    "tp=2, dtype='bfloat16', model=PATH, or any ServerArgs field); timeout=SECONDS bounds its build, forwards and "
+    "teardown instead of --sglang-timeout, without a rebuild",
     "sglang_runner: set by the kit on every test that uses a runner fixture (select with -m)",
-    "gpu(n=1): skip unless at least n CUDA GPUs are visible",
-    "mezo_full: the MeZO paper setting (needs --sglang-model roberta-large and --sst2-dir)",
+    "sglang_gpu(n=1): skip unless at least n CUDA GPUs are visible",
 )
+GPU_ALIAS_MARKER = "gpu(n=1): the kit's old name for sglang_gpu (ini sglang_gpu_alias = false frees the name)"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,8 +68,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--sglang-skip", action="store_true", default=None, help="skip every test that uses a runner (e.g. on machines without SGLang)"
     )
     parser.addini("sglang_skip", "skip every test that uses a runner", type="bool", default=False)
-    group.addoption("--sst2-dir", dest="sst2_dir", default=None, metavar="DIR", help="SST-2 data directory (GLUE TSV or MeZO k-shot layout)")
-    parser.addini("sst2_dir", "SST-2 data directory (GLUE TSV or MeZO k-shot layout)", default=None)
+    parser.addini("sglang_gpu_alias", "honour the old gpu(n) marker as sglang_gpu(n)", type="bool", default=True)
 
 
 def spec_from_config(config: pytest.Config) -> RunnerSpec:
@@ -91,10 +101,11 @@ def _xdist_workers(config: pytest.Config) -> int:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for marker in MARKERS:
+    for marker in MARKERS + ((GPU_ALIAS_MARKER,) if config.getini("sglang_gpu_alias") else ()):
         config.addinivalue_line("markers", marker)
     try:
         spec = spec_from_config(config)
+        limit = timeouts.limit_from_config(config)
         _check_server_args(spec)
         if not hasattr(config, "workerinput") and _xdist_workers(config) > 0:
             devices.check_gpus_suffice(spec.device, _xdist_workers(config), spec.tp)
@@ -102,22 +113,28 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"{exc}") from None
     if config.getoption("sglang_clear_cache") and not hasattr(config, "workerinput"):
         shutil.rmtree(models_cache_dir(), ignore_errors=True)
-    factory = RunnerFactory(spec, cache_root=models_cache_dir(), worker_index=devices.xdist_worker_index())
+    factory = RunnerFactory(spec, cache_root=models_cache_dir(), worker_index=devices.xdist_worker_index(), project_root=config.rootpath, timeout_s=limit)
     config.stash[factory_key] = factory
     config.add_cleanup(ports.sweep_stale_lock_files)  # runs after factory.close: files of crashed peers too
     config.add_cleanup(lambda: _close_at_session_end(factory))
     if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(XdistBuildReports(), "sglang-runner-xdist")
+        config.pluginmanager.register(XdistSupport(), "sglang-runner-xdist")
+    if getattr(config, "workerinput", {}).get("sglang_loadgroup"):
+        config.option.loadgroup = True  # workers parse the command line again: they miss pytest_cmdline_main's choice
 
 
 def _close_at_session_end(factory: RunnerFactory) -> None:
     """Ctrl-C while the runner is torn down still stops its peers and frees its ports (teardown's
-    ``finally``), then ends the run as pytest ends an interrupted one: exit code 2, no traceback."""
+    ``finally``), then ends the run as pytest ends an interrupted one: exit code 2, no traceback.
+    A teardown past the time limit does the same with exit code 1."""
     try:
         factory.close()
     except KeyboardInterrupt:
         sys.stderr.write("sglang-runner: interrupted while tearing the runner down (TP peers stopped, ports released)\n")
         raise SystemExit(pytest.ExitCode.INTERRUPTED) from None
+    except timeouts.SGLangTimeout as exc:  # the stacks are on stderr already
+        sys.stderr.write(f"sglang-runner: {exc} (TP peers stopped, ports released)\n")
+        raise SystemExit(pytest.ExitCode.TESTS_FAILED) from None
 
 
 def _marker_text(node) -> str:
@@ -138,34 +155,73 @@ def _marker_overrides(node) -> dict:
     return overrides
 
 
+def _factory_fixtures(item) -> list[tuple[str, dict]]:
+    """The factories.sglang_runner fixtures this test uses (directly or through other fixtures)."""
+    info = getattr(item, "_fixtureinfo", None)
+    found = []
+    for name in getattr(item, "fixturenames", ()):
+        definitions = info.name2fixturedefs.get(name) if info is not None else None
+        overrides = overrides_of(definitions[-1].func) if definitions else None
+        if overrides is not None:
+            found.append((name, overrides))
+    return found
+
+
+def _test_overrides(item) -> dict:
+    """This test's runner settings: its factory fixture's, then its sglang markers' on top."""
+    named = _factory_fixtures(item)
+    plain = sorted(TEST_CONFIG_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+    if len({repr(sorted(o.items())) for _, o in named}) > 1 or (named and plain):
+        names = ", ".join([n for n, _ in named] + plain)
+        raise SpecError(
+            f"this test asks for runners of different configs ({names}); one runner lives per process, so a test "
+            "uses one config (a factory fixture's LiveRunner has .model_runner and .forward)"
+        )
+    return {**(named[0][1] if named else {}), **_marker_overrides(item)}
+
+
 def _fail_setup(request: pytest.FixtureRequest, exc: Exception):
     """A bad config or a failed build fails this test alone, in a few lines naming the marker;
     SGLang's traceback, when there is one, only with -v."""
     markers = _marker_text(request.node)
     text = f"{exc}" + (f" [{markers}]" if markers else "")
+    verbose = request.config.getoption("verbose") > 0
     if exc.__cause__ is not None:
-        if request.config.getoption("verbose") > 0:
+        if verbose:
             text += "\n\nCaused by:\n" + "".join(traceback.format_exception(exc.__cause__))
         else:
             text += "\n(the cause's full traceback: run pytest with -v)"
+    build_log = request.config.stash[factory_key].last_build_log
+    if verbose and build_log and isinstance(exc, RunnerBuildError):
+        text += "\n\nSGLang's log during the build:\n" + build_log
     raise pytest.fail.Exception(text, pytrace=False) from None  # not the chain we are handling
 
 
-def _sort_key(item: pytest.Item) -> tuple[bool, str]:
-    """The default config first, then each marker's config together."""
+def _config_key(item: pytest.Item, factory: RunnerFactory) -> str | None:
+    """The runner config this test uses, as text; None for the default config (or a bad one:
+    the test reports it when it runs, collection goes on)."""
     try:
-        overrides = _marker_overrides(item)
+        spec = factory.spec_for(**_test_overrides(item))
     except SpecError:
-        return (False, "")  # the test reports its marker when it runs; collection goes on
-    return (bool(overrides), repr(sorted(overrides.items())))
+        return None
+    return None if spec == factory.default_spec else repr(spec)
 
 
 def _uses_runner(item: pytest.Item) -> bool:
-    return not RUNNER_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+    return not RUNNER_FIXTURES.isdisjoint(getattr(item, "fixturenames", ())) or bool(_factory_fixtures(item))
 
 
-def _gpu_skip_reason(item: pytest.Item) -> str | None:
-    marker = item.get_closest_marker("gpu")
+def _gpu_marker(item: pytest.Item, alias: bool):
+    marker = item.get_closest_marker("sglang_gpu")
+    if marker is None and alias:
+        marker = item.get_closest_marker("gpu")
+        if marker is not None:
+            item.warn(pytest.PytestDeprecationWarning("@pytest.mark.gpu(n) is now @pytest.mark.sglang_gpu(n); the old name still works"))
+    return marker
+
+
+def _gpu_skip_reason(item: pytest.Item, alias: bool) -> str | None:
+    marker = _gpu_marker(item, alias)
     if marker is None:
         return None
     needed = marker.kwargs.get("n", marker.args[0] if marker.args else 1)
@@ -173,23 +229,43 @@ def _gpu_skip_reason(item: pytest.Item) -> str | None:
     return f"needs {needed} CUDA GPU(s), found {found}" if found < needed else None
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_cmdline_main(config: pytest.Config):
+    """With ``-n`` and no ``--dist``, xdist's loadgroup: each non-default config runs on one
+    worker (its ``xdist_group``), so it is built once; default-config tests spread as usual."""
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) == "no":
+        config.option.dist = "loadgroup"
+    return (yield)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark the runner tests and group them by config (so each config is built once), in the
     places runner tests already held: other tests keep their order. Skips are added as marks, so
     pytest reports them at the test."""
+    factory = config.stash[factory_key]
     skip_all = config.getoption("sglang_skip") or config.getini("sglang_skip")
-    slots = []
+    gpu_alias = config.getini("sglang_gpu_alias")
+    slots, keys = [], {}
     for index, item in enumerate(items):
-        reason = _gpu_skip_reason(item)
+        reason = _gpu_skip_reason(item, gpu_alias)
         if reason is not None:
             item.add_marker(pytest.mark.skip(reason=reason))
         if _uses_runner(item):
             item.add_marker("sglang_runner")
             if skip_all:
                 item.add_marker(pytest.mark.skip(reason="--sglang-skip: tests that use an SGLang runner are skipped"))
+            keys[item] = _config_key(item, factory)
+            if keys[item] is not None:
+                item.add_marker(pytest.mark.xdist_group(name=f"sglang-config-{_short_hash(keys[item])}"))
             slots.append(index)
-    for index, item in zip(slots, sorted((items[i] for i in slots), key=_sort_key)):
+    ordered = sorted((items[i] for i in slots), key=lambda item: (keys[item] is not None, keys[item] or ""))
+    for index, item in zip(slots, ordered):
         items[index] = item
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -233,8 +309,27 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         terminalreporter.write_line(line)
 
 
-class XdistBuildReports:
-    """Collects the workers' build records on the controller for the summary line."""
+class XdistSupport:
+    """Tells the workers the distribution mode, makes their xdist_group marks count, and collects
+    their build records for the summary."""
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node) -> None:
+        node.workerinput["sglang_loadgroup"] = node.config.option.dist == "loadgroup"
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """xdist (3.8) groups by renaming ``item._nodeid`` to ``NODEID@GROUP``, which pytest 9.2
+        no longer reads (its ids live in ``item._id``): the kit's groups get the suffix there."""
+        if not getattr(config.option, "loadgroup", False):
+            return
+        for item in items:
+            marker = item.get_closest_marker("xdist_group")
+            group = marker.kwargs.get("name", "") if marker is not None else ""
+            if group.startswith("sglang-config-") and "@" not in item.nodeid and hasattr(item, "_id"):
+                from _pytest.nodeid import NodeId
+
+                item._id = NodeId.parse(f"{item.nodeid}@{group}")
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:
@@ -255,25 +350,42 @@ def runner_factory(request: pytest.FixtureRequest) -> RunnerFactory:
     return request.config.stash[factory_key]
 
 
-@pytest.fixture
-def sglang_live(request: pytest.FixtureRequest, runner_factory: RunnerFactory) -> LiveRunner:
-    """The live runner for this test's config, with its KV pool empty."""
+def live_runner_for(request: pytest.FixtureRequest, runner_factory: RunnerFactory) -> LiveRunner:
+    """The live runner of the requesting test's config, with its KV pool empty (also behind
+    factories.sglang_runner fixtures)."""
     try:
-        live = runner_factory.get(**_marker_overrides(request.node))
+        live = runner_factory.get(**_test_overrides(request.node))
     except SETUP_ERRORS as exc:
         _fail_setup(request, exc)
     live.forward.release()
     return live
 
 
+def hf_runner_for(request: pytest.FixtureRequest, runner_factory: RunnerFactory, factory_overrides: dict | None = None) -> HFRunner:
+    """The HF reference of the test's config, or of a factory fixture's (factories.hf_runner)."""
+    node = request.node
+    try:
+        overrides = _test_overrides(node) if factory_overrides is None else {**factory_overrides, **_marker_overrides(node)}
+        spec = runner_factory.spec_for(**overrides)
+        return runner_factory.hf_runner(spec, runner_factory.model_path(spec))
+    except SETUP_ERRORS as exc:
+        _fail_setup(request, exc)
+
+
 @pytest.fixture
-def runner(sglang_live: LiveRunner):
+def sglang_live(request: pytest.FixtureRequest, runner_factory: RunnerFactory) -> LiveRunner:
+    """The live runner for this test's config, with its KV pool empty."""
+    return live_runner_for(request, runner_factory)
+
+
+@pytest.fixture
+def runner(sglang_live: LiveRunner) -> ModelRunner:
     """A fully initialised SGLang ModelRunner; built once per process and config, reused by every test."""
     return sglang_live.model_runner
 
 
 @pytest.fixture
-def sglang_forward(sglang_live: LiveRunner):
+def sglang_forward(sglang_live: LiveRunner) -> Forward:
     """Token lists or texts in, logits / hidden states / embeddings out (a `Forward`)."""
     return sglang_live.forward
 
@@ -282,32 +394,19 @@ def sglang_forward(sglang_live: LiveRunner):
 def sglang_model_path(request: pytest.FixtureRequest, runner_factory: RunnerFactory) -> str:
     """The local directory of this test's model (the embedded model is written on first use)."""
     try:
-        return runner_factory.model_path(runner_factory.spec_for(**_marker_overrides(request.node)))
+        return runner_factory.model_path(runner_factory.spec_for(**_test_overrides(request.node)))
     except SETUP_ERRORS as exc:
         _fail_setup(request, exc)
 
 
 @pytest.fixture
-def hf_model(request: pytest.FixtureRequest, runner_factory: RunnerFactory, sglang_model_path: str):
+def hf_model(request: pytest.FixtureRequest, runner_factory: RunnerFactory, sglang_model_path: str) -> PreTrainedModel:
     """The same checkpoint in HF transformers (fp32, eval), for cross-checks; cached per model."""
     return runner_factory.hf_model(sglang_model_path)
 
 
 @pytest.fixture
-def hf_runner(request: pytest.FixtureRequest, runner_factory: RunnerFactory, sglang_model_path: str):
+def hf_runner(request: pytest.FixtureRequest, runner_factory: RunnerFactory) -> HFRunner:
     """The test's checkpoint in HF transformers, in the runner's dtype and on its device, with the
     runner's method names and result types (`generate`, `next_token_logits`); cached per model."""
-    try:
-        return runner_factory.hf_runner(runner_factory.spec_for(**_marker_overrides(request.node)), sglang_model_path)
-    except SETUP_ERRORS as exc:
-        _fail_setup(request, exc)
-
-
-@pytest.fixture
-def sst2_dir(request: pytest.FixtureRequest) -> Path | None:
-    """--sst2-dir (relative to the working directory) or ini sst2_dir (relative to the rootdir), or None."""
-    config = request.config
-    if config.getoption("sst2_dir"):
-        return Path(os.path.expanduser(config.getoption("sst2_dir")))
-    value = config.getini("sst2_dir")
-    return config.rootpath / os.path.expanduser(value) if value else None
+    return hf_runner_for(request, runner_factory)

@@ -79,7 +79,7 @@ def test_a_kernel_without_the_dtype_becomes_a_usage_error_naming_bfloat16(tmp_pa
     assert str(error).startswith("--sglang-dtype auto (the checkpoint's float32): ")
 
 
-@pytest.mark.gpu(1)
+@pytest.mark.sglang_gpu(1)
 def test_a_cpu_runner_on_a_cuda_machine_runs_or_is_a_usage_error(runner_factory, record_property):
     """SGLang 0.5.17's CUDA build has custom ops with no CPU kernel: the warm-up meets them at build time."""
     try:

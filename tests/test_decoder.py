@@ -154,7 +154,7 @@ def test_eos_stops_a_sequence_early(runner_factory, decoder):
         assert_tokens_equal([stopping], hf.generate(first, max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=[stop_token]))
 
 
-@pytest.mark.gpu(1)
+@pytest.mark.sglang_gpu(1)
 def test_cuda_graph_decode_replays_graphs_and_gives_the_eager_tokens(runner_factory, decoder, monkeypatch):
     graphs = dict(decoder, disable_cuda_graph=False)
     eager = runner_factory.get(**decoder).forward.generate(PROMPTS, max_new_tokens=MAX_NEW_TOKENS)
@@ -170,7 +170,7 @@ def test_cuda_graph_decode_replays_graphs_and_gives_the_eager_tokens(runner_fact
     assert_logprobs_close(replayed, hf.generate(PROMPTS, max_new_tokens=MAX_NEW_TOKENS), **tolerances(decoder["dtype"]))
 
 
-@pytest.mark.gpu(1)
+@pytest.mark.sglang_gpu(1)
 def test_float32_on_cuda_runs_or_is_a_usage_error_naming_bfloat16(runner_factory, tmp_path, record_property):
     path = str(write_decoder("llama", tmp_path / "llama", "float32", "cpu"))
     try:

@@ -180,14 +180,23 @@ def test_marker_overrides_are_checked_like_options():
     assert spec.dtype == "bfloat16" and spec.server_args == (("chunked_prefill_size", 64),)
 
 
+def test_mezo_options_exist_only_where_the_mezo_plugin_is_loaded(pytester):
+    plain = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--help")
+    assert "--sst2-dir" not in plain.stdout.str() and "sglang-model" in plain.stdout.str()
+    markers = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--markers").stdout.str()
+    assert "mezo_full" not in markers and "sglang_gpu" in markers
+    with_mezo = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "pytest_sglang_runner.mezo_plugin", "--help")
+    assert "--sst2-dir" in with_mezo.stdout.str()
+
+
 def test_sst2_dir_reaches_its_fixture_from_option_and_ini(pytester, tmp_path):
     pytester.makepyfile(test_dir="def test_dir(sst2_dir):\n    print('SST2', sst2_dir)\n")
-    pytester.makeini(f"[pytest]\nsst2_dir = {tmp_path / 'from-ini'}\n")
+    pytester.makeini(f"[pytest]\naddopts = -p pytest_sglang_runner.mezo_plugin\nsst2_dir = {tmp_path / 'from-ini'}\n")
     from_ini = pytester.runpytest_inprocess("-s", "-p", "no:cacheprovider")
     from_option = pytester.runpytest_inprocess("-s", "-p", "no:cacheprovider", f"--sst2-dir={tmp_path / 'from-option'}")
     assert any(f"SST2 {tmp_path / 'from-ini'}" in line for line in from_ini.outlines)
     assert any(f"SST2 {tmp_path / 'from-option'}" in line for line in from_option.outlines)
-    pytester.makeini("[pytest]\nsst2_dir = data/sst2\n")
+    pytester.makeini("[pytest]\naddopts = -p pytest_sglang_runner.mezo_plugin\nsst2_dir = data/sst2\n")
     relative = pytester.runpytest_inprocess("-s", "-p", "no:cacheprovider")
     assert any(f"SST2 {pytester.path / 'data' / 'sst2'}" in line for line in relative.outlines)
 

@@ -1,6 +1,7 @@
 """The plugin from a user's side: real inner pytest runs in subprocesses (pytester)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -89,14 +90,27 @@ def test_gpu_marker_skips_with_a_reason_without_gpus(pytester):
         test_gpu="""
         import pytest
 
-        @pytest.mark.gpu(2)
+        @pytest.mark.sglang_gpu(2)
         def test_needs_two():
+            raise AssertionError("must not run")
+
+        @pytest.mark.gpu(1)
+        def test_old_name():
             raise AssertionError("must not run")
         """
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs")
-    result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["SKIPPED [[]1[]] test_gpu.py:3: needs 2 CUDA GPU(s), found 0"])  # at the test, not in the plugin
+    result.assert_outcomes(skipped=2, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_gpu.py:7: PytestDeprecationWarning: @pytest.mark.gpu(n) is now @pytest.mark.sglang_gpu(n); the old name still works",
+            "SKIPPED [[]1[]] test_gpu.py:3: needs 2 CUDA GPU(s), found 0",  # at the test, not in the plugin
+        ]
+    )
+    # A project whose own `gpu` marker means something else frees the name:
+    pytester.makeini("[pytest]\nsglang_gpu_alias = false\nmarkers = gpu: our own\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs", "-k", "old_name")
+    result.assert_outcomes(failed=1)  # the kit left it alone: it ran
 
 
 ORDERING = """
@@ -133,6 +147,70 @@ def test_only_runner_tests_are_regrouped_and_marked(pytester):
     assert _collected(selected) == ["test_plain_first", "test_plain_middle", "test_plain_last"]
 
 
+FACTORY_CONFTEST = """
+from pytest_sglang_runner import factories
+
+llama = factories.sglang_runner(model="embedded-llama")
+llama_hf = factories.hf_runner(llama)
+"""
+
+FACTORY_TESTS = """
+from pytest_sglang_runner import assert_logprobs_close
+
+def test_llama_decodes_as_hf(llama, llama_hf):
+    assert llama.spec.model == "embedded-llama" and llama.model_runner is not None
+    prompts = ["the film was"]
+    assert_logprobs_close(llama.forward.generate(prompts, max_new_tokens=4), llama_hf.generate(prompts, max_new_tokens=4))
+
+def test_default_a(runner):
+    assert runner.model_config.hf_config.architectures == ["RobertaForMaskedLM"]
+
+def test_llama_again(llama):
+    assert llama.forward.logits(["the film was"])[0].isfinite().all()
+
+def test_default_b(sglang_forward):
+    pass
+
+def test_two_configs_at_once(runner, llama):
+    pass
+"""
+
+
+def _build_lines_of(result) -> list[str]:
+    return [line for line in result.outlines if line.startswith("sglang-runner: SGLang") and " built " in line]
+
+
+def test_factory_fixtures_name_a_config_that_is_ordered_and_built_once(pytester):
+    pytester.makeconftest(FACTORY_CONFTEST)
+    pytester.makepyfile(test_named=FACTORY_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist", "-v", "-W", "ignore", "--sglang-device", "cpu")
+    result.assert_outcomes(passed=4, errors=1)
+    # The default config first, then the factory's; each built once.
+    order = [line.split(" ")[0] for line in _collected(result)[:5]]
+    assert order == ["test_default_a", "test_default_b", "test_two_configs_at_once", "test_llama_decodes_as_hf", "test_llama_again"], order
+    result.stdout.fnmatch_lines(["*this test asks for runners of different configs (llama, runner, sglang_live); one runner lives per process*"])
+    builds = _build_lines_of(result)
+    assert len(builds) == 2 and all(line.endswith(" s") and ": 1 build in " in line for line in builds), builds
+    assert "embedded-llama" in builds[1]
+
+
+def test_xdist_runs_a_factory_config_on_one_worker(pytester):
+    pytester.makeconftest(FACTORY_CONFTEST)
+    pytester.makepyfile(test_named=FACTORY_TESTS.split("def test_two_configs_at_once")[0])
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "-W", "ignore", "--sglang-device", "cpu")
+    result.assert_outcomes(passed=4)
+    llama_builds = [line for line in _build_lines_of(result) if "embedded-llama" in line]
+    assert len(llama_builds) == 1 and ": 1 build in " in llama_builds[0], _build_lines_of(result)  # loadgroup: one worker built it
+
+
+def test_a_bad_factory_setting_is_a_usage_error(pytester):
+    pytester.makeconftest("from pytest_sglang_runner import factories\n\nbig = factories.sglang_runner(tp=0)\n")
+    pytester.makepyfile(test_x="def test_x(big):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*factories.sglang_runner(tp=0): --sglang-tp 0: *"])
+
+
 @pytest.mark.parametrize("how", [["--sglang-skip"], "ini"])
 def test_sglang_skip_skips_the_runner_tests_only(pytester, how):
     pytester.makepyfile(test_order=ORDERING)
@@ -158,7 +236,7 @@ def test_cuda_device_without_a_gpu_is_a_usage_error(pytester, record_property):
     result.stderr.fnmatch_lines(["*--sglang-device cuda: no CUDA device is visible; use --sglang-device cpu*"])
 
 
-@pytest.mark.gpu(1)
+@pytest.mark.sglang_gpu(1)
 def test_more_workers_than_gpus_is_a_usage_error(pytester, record_property):
     record_property("bad_input", "more xdist workers than GPUs")
     workers = torch.cuda.device_count() + 1
@@ -213,3 +291,24 @@ def test_the_embedded_model_is_written_once_per_machine_and_cleared_on_request(p
     assert stamps[0] == stamps[1] != stamps[2]
     for name, value in zip(("first_run_s", "second_run_s", "cleared_run_s"), seconds):
         record_property(name, round(value, 1))
+
+
+def test_sglang_import_warnings_stay_out_and_the_projects_own_show(pytester, monkeypatch):
+    """SGLang's import raises dozens of its dependencies' deprecations (flashinfer, cutlass,
+    quack); they are not the user's, so they neither show nor fail ``-W error`` runs. A warning
+    raised by the project's own code during the build (here its model package) still shows."""
+    pytester.mkpydir("my_models")
+    (pytester.path / "my_models" / "warned.py").write_text(
+        "import warnings\n\nwarnings.warn('my_models: the project warns here', UserWarning)\n\nEntryClass = []\n"
+    )
+    monkeypatch.setenv("SGLANG_EXTERNAL_MODEL_PACKAGE", "my_models")
+    monkeypatch.setenv("PYTHONPATH", str(pytester.path), prepend=os.pathsep)
+    pytester.makepyfile(test_w="def test_w(sglang_forward):\n    assert sglang_forward.logits([[0, 5, 2]])[0].isnan().all(), 'fails on purpose'\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sglang-device", "cpu", "-W", "error::DeprecationWarning")
+    result.assert_outcomes(failed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*my_models*warned.py:3: UserWarning: my_models: the project warns here"])
+    summary = result.stdout.str().split("warnings summary")[1]
+    assert not any(name in summary for name in ("flashinfer", "cutlass", "quack", "sglang/")), summary
+    # The test that happened to build the runner does not carry SGLang's build log and progress bars.
+    failure = result.stdout.str().split("FAILURES")[1].split("warnings summary")[0]
+    assert "fails on purpose" in failure and "Captured" not in failure, failure

@@ -58,7 +58,7 @@ def test_packed_embeddings_equal_sglangs_per_sequence_loop(runner):
     assert torch.equal(kits, sglangs)
 
 
-@pytest.mark.gpu(1)
+@pytest.mark.sglang_gpu(1)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_fused_add_layer_norm_matches_the_unfused_ops(dtype):
     """The kit's RoBERTa encoder fuses residual add + LayerNorm on CUDA: same values to the dtype's rounding."""
@@ -191,7 +191,7 @@ def test_tensor_parallel_runner_matches_tp1(sglang_forward, hf_model, runner):
         assert (logits.float().cpu() - reference).abs().max().item() <= tolerance
 
 
-@pytest.mark.gpu(1)
+@pytest.mark.sglang_gpu(1)
 def test_gpu_memory_returns_to_baseline_after_teardown(runner_factory):
     def cycle():
         live = runner_factory.get(max_total_tokens=2048)

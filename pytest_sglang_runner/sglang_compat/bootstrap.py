@@ -127,7 +127,12 @@ def destroy_distributed_state() -> None:
 
 
 def tp_world_size() -> int:
-    """Ranks in this runner's TP group (0.5.23 deprecates ``get_tensor_model_parallel_world_size``)."""
+    """Ranks in this runner's TP group: 0.5.23 reads it from its parallel context (and deprecates
+    ``get_tp_group`` and ``get_tensor_model_parallel_world_size``); 0.5.17 from the group."""
+    from sglang.srt import runtime_context
+
+    if hasattr(runtime_context, "get_parallel"):
+        return runtime_context.get_parallel().tp_group.world_size
     from sglang.srt.distributed.parallel_state import get_tp_group
 
     return get_tp_group().world_size

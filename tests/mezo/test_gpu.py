@@ -10,7 +10,7 @@ import torch
 from pytest_sglang_runner import mezo, sst2
 
 
-@pytest.mark.gpu(1)
+@pytest.mark.sglang_gpu(1)
 @pytest.mark.sglang(dtype="float32", attention_backend="torch_native")
 def test_runner_and_hf_agree_on_cuda(runner, fresh_hf, prompt, synthetic_glue):
     """Equivalence and exact restore on the GPU, z from the Triton kernel on both sides (torch_native: triton uses TF32)."""
@@ -36,7 +36,7 @@ def test_runner_and_hf_agree_on_cuda(runner, fresh_hf, prompt, synthetic_glue):
         mezo.load_canonical(lm.views, start)
 
 
-@pytest.mark.gpu(1)
+@pytest.mark.sglang_gpu(1)
 def test_triton_passes_compute_the_torch_definition_on_cuda(fresh_hf):
     """Kernel against twin on one GPU: z to the fast intrinsics' rounding, restore exact, updates together."""
     fast_lm, twin_lm = mezo.HFMaskedLM(fresh_hf(device="cuda")), mezo.HFMaskedLM(fresh_hf(device="cuda"))
@@ -63,7 +63,7 @@ def _same_layout_batches(prompt, synthetic_glue, batch: int, count: int):
     return [same[i * batch : (i + 1) * batch] for i in range(count)]
 
 
-@pytest.mark.gpu(1)
+@pytest.mark.sglang_gpu(1)
 @pytest.mark.sglang(dtype="bfloat16", attention_backend="triton")
 def test_captured_forward_gives_the_eager_losses(runner, prompt, synthetic_glue):
     """Steps replayed from a CUDA graph (new examples copied in) give the eager steps' losses and weights."""
@@ -97,7 +97,7 @@ def large_random_model(tmp_path_factory):
     return write_random_roberta(tmp_path_factory.mktemp("roberta-large-random"))
 
 
-@pytest.mark.gpu(1)
+@pytest.mark.sglang_gpu(1)
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_mezo_memory_is_inference_plus_one_fp32_copy(runner_factory, large_random_model, dtype, record_property):
     """RoBERTa-large shape, batch 64 x 32: MeZO's peak <= the inference peak + the fp32 masters.
