@@ -162,14 +162,19 @@ def test_a_bad_marker_fails_its_test_alone_and_names_the_marker(pytester):
         def test_bad_value(sglang_model_path):
             pass
 
+        @pytest.mark.sglang(timeout="soon")
+        def test_bad_timeout(sglang_model_path):
+            pass
+
         def test_plain():
             pass
     """)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, errors=2)
+    result.assert_outcomes(passed=1, errors=3)
     output = result.stdout.str()
     assert "takes keyword arguments only, e.g. sglang(tp=2) [@pytest.mark.sglang('x')]" in output
     assert "--sglang-tp 'two': expected a whole number >= 1 [@pytest.mark.sglang(tp='two')]" in output
+    assert "--sglang-timeout 'soon': expected a number of seconds >= 0 (0: no limit), e.g. --sglang-timeout 600 [@pytest.mark.sglang(timeout='soon')]" in output
     assert "Traceback" not in output and "plugin.py" not in output
 
 

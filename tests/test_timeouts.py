@@ -136,22 +136,6 @@ def test_a_bad_timeout_in_the_ini_file_is_a_usage_error(pytester, record_propert
     assert_usage_error(pytester, [], "--sglang-timeout 'soon': expected a number of seconds >= 0")
 
 
-def test_a_bad_timeout_in_the_marker_fails_its_test_alone(pytester):
-    pytester.makepyfile(test_marker="""
-        import pytest
-
-        @pytest.mark.sglang(timeout="soon")
-        def test_bad(sglang_model_path):
-            pass
-
-        def test_plain():
-            pass
-    """)
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, errors=1)
-    assert "--sglang-timeout 'soon': expected a number of seconds >= 0 (0: no limit), e.g. --sglang-timeout 600 [@pytest.mark.sglang(timeout='soon')]" in result.stdout.str()
-
-
 # ---------------------------------------------------------------------------------------------
 # Real hangs in a real runner
 # ---------------------------------------------------------------------------------------------
