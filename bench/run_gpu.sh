@@ -13,8 +13,17 @@ source .device/env.sh
 # SGLang 0.5.17 compiles some CUDA kernels with nvcc on first use (over a minute) into TVM-FFI's
 # cache under $HOME; pytester's inner runs get a fresh $HOME, so every process shares one cache.
 export TVM_FFI_CACHE_DIR=${TVM_FFI_CACHE_DIR:-/tmp/tvm-ffi-cache}
-python3 -m pip show -q pytest-sglang-runner >/dev/null 2>&1 \
-  || python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -2
+# The kit, registered the way an editable install does (the image's offline setuptools may be
+# older than the SPDX license string needs): a .pth to this tree and the pytest11 entry point.
+if ! python3 -m pip show -q pytest-sglang-runner >/dev/null 2>&1; then
+  site=$(python3 -c "import site; print(site.getsitepackages()[0])")
+  info="$site/pytest_sglang_runner-0.1.0.dist-info"
+  mkdir -p "$info"
+  printf 'Metadata-Version: 2.1\nName: pytest-sglang-runner\nVersion: 0.1.0\n' > "$info/METADATA"
+  printf '[pytest11]\nsglang_runner = pytest_sglang_runner.plugin\n' > "$info/entry_points.txt"
+  : > "$info/RECORD"
+  echo "$PWD" > "$site/pytest_sglang_runner_dev.pth"
+fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import sglang, torch, transformers; print('sglang', sglang.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
 } 2>&1 | tee "$OUT/machine.txt"

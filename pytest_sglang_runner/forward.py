@@ -10,9 +10,10 @@ again (MeZO runs one batch twice per step); only one prepared batch lives at a t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import generation, limits, sglang_compat, timeouts
 
@@ -119,24 +120,28 @@ class Tokenized:
 
 
 def _bounded(phase: str):
-    """The method under the runner's time limit; on a timeout the owner's `on_timeout` tears the
-    runner down (its state is unknown) before the test sees the error. A call inside another
-    (``__call__``'s ``run``) runs under the outer one's limit."""
+    """The method under the runner's time limit. On a timeout, or on an error after the call was
+    sent to the TP peers (they may wait in a collective that rank 0 never reaches), the owner's
+    `on_broken` tears the runner down before the test sees the error, so the next test gets a
+    fresh one. A call inside another (``__call__``'s ``run``) runs under the outer one's limit."""
 
     def decorate(method):
         @functools.wraps(method)
         def bounded(self: "Forward", *args, **kwargs):
             __tracebackhide__ = True  # pytest shows the test's call, then the error
-            if self._bounding or not self.timeout_s:
+            if self._bounding:
                 return method(self, *args, **kwargs)
-            self._bounding = True
+            self._bounding, self._mirrored = True, False
             try:
+                if not self.timeout_s:
+                    return method(self, *args, **kwargs)
                 with timeouts.deadline(phase, self.timeout_s, on_expire=self.on_expire):
                     return method(self, *args, **kwargs)
-            except timeouts.SGLangTimeout:
-                self._live = None
-                if self.on_timeout is not None:
-                    self.on_timeout()
+            except BaseException as exc:
+                if isinstance(exc, timeouts.SGLangTimeout) or (self._mirrored and isinstance(exc, Exception)):
+                    self._live = None
+                    if self.on_broken is not None:
+                        self.on_broken()
                 raise
             finally:
                 self._bounding = False
@@ -150,17 +155,33 @@ class Forward(Tokenized):
     """Runs batches on one ModelRunner; with TP, `mirror` replays each call on the other ranks.
 
     `timeout_s` (0: none) bounds each call; the factory sets it to the current test's limit and
-    gives the hooks `timeouts.deadline` runs past it (`on_expire`) and after it (`on_timeout`)."""
+    gives the hooks `timeouts.deadline` runs past it (`on_expire`) and after it (`on_broken`)."""
 
     def __init__(self, runner, model_path: str | None = None, mirror: Callable[..., None] | None = None):
         self.runner = runner
         self.model_path = model_path or runner.model_config.model_path
-        self._mirror = mirror or (lambda *call: None)
+        self._send = mirror
+        self._mirrored = False  # whether the current call reached the peers
         self._live: PreparedBatch | None = None
         self.timeout_s = 0.0
         self.on_expire: Callable[[], None] | None = None
-        self.on_timeout: Callable[[], None] | None = None
+        self.on_broken: Callable[[], None] | None = None
         self._bounding = False
+
+    def _mirror(self, *call) -> None:
+        if self._send is not None:
+            self._mirrored = True
+            self._send(*call)
+
+    @contextlib.contextmanager
+    def unmirrored(self) -> Iterator[None]:
+        """Every rank runs its own calls (`ranks`): none is replayed, and the caller bounds the time."""
+        send, bounding = self._send, self._bounding
+        self._send, self._bounding = None, True
+        try:
+            yield
+        finally:
+            self._send, self._bounding = send, bounding
 
     def _check_no_live_batch(self) -> None:
         if self._live is not None:

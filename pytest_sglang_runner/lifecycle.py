@@ -17,22 +17,24 @@ a fresh one, and a teardown that timed out still stops the peers and frees the p
 from __future__ import annotations
 
 import gc
+import contextlib
 import multiprocessing
 import os
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from . import devices, ports, sglang_compat, timeouts
+from . import devices, ports, ranks, sglang_compat, timeouts
 from .build_errors import RunnerBuildError, build_failure, drop_frames, mem_fraction_flag, model_config, port_taken_by_another_process
 from .forward import Forward
 from .generation import generate
 from .model_dir import cached_hub_snapshot
 from .options import RunnerSpec, SpecError
-from .quiet import quiet_build
+from .quiet import build_log, quiet_build
 
 PEER_DUMP_WAIT_S = 1.0  # for the TP peers to write their stacks before they are killed
 BUILD_ATTEMPTS = 2  # a second try only when a reserved port was taken by a process outside the kit
@@ -64,10 +66,48 @@ class LiveRunner:
     reservations: list[ports.PortReservation]
     peers: "RankPeers | None"
     record: BuildRecord
+    on_broken: Callable[[], None] | None = None  # the owner's discard: after a rank failed mid-call
 
     @property
     def ports(self) -> list[int]:
         return [r.port for r in self.reservations]
+
+    def rank_context(self) -> ranks.RankContext:
+        return ranks.RankContext(0, self.spec.tp, self.model_runner, self.forward)
+
+    def on_every_rank(self, function: Callable, *args: Any, **kwargs: Any) -> list:
+        """``function(rank_context, *args, **kwargs)`` on every TP rank at once (rank 0 here, the
+        others in their processes); the results in rank order. ``function`` must be a module-level
+        function (the peers import it) and its arguments and result picklable. A rank that fails,
+        exits, is killed or runs past the test's time limit raises `ranks.RankFailure` naming it,
+        and the runner is torn down (the next test builds a fresh one)."""
+        if self.peers is None:
+            return [function(self.rank_context(), *args, **kwargs)]
+        with self.every_rank(ranks.FunctionRef.of(function), args, kwargs) as call:
+            call.rank0_result = function(self.rank_context(), *args, **kwargs)
+        failures = ranks.peer_failures(call.outcomes)
+        if failures:
+            raise ranks.RankFailure("\n".join(failures)) from call.rank0_error
+        if call.rank0_error is not None:
+            raise call.rank0_error
+        return [call.rank0_result] + [call.outcomes[rank][1] for rank in range(1, self.spec.tp)]
+
+    @contextlib.contextmanager
+    def every_rank(self, ref: ranks.FunctionRef, args: tuple, kwargs: dict) -> Iterator[ranks.EveryRankCall]:
+        """Sends ``ref(context, *args, **kwargs)`` to the peers; the block is rank 0's part (its
+        calls not replayed, under the test's time limit; an exception in it is kept on the call,
+        not raised). Then gathers every rank's outcome, and discards the runner if a rank failed."""
+        call = ranks.EveryRankCall(self.peers, self.forward.timeout_s)
+        call.start(("call", ref, args, kwargs))
+        with self.forward.unmirrored():
+            try:
+                with timeouts.deadline("every-rank call", self.forward.timeout_s, on_expire=self.peers.dump_stacks_and_stop):
+                    yield call
+            except BaseException as exc:  # noqa: BLE001 - gathered with the peers' outcomes; the caller raises
+                call.rank0_error = exc
+        call.finish()
+        if call.broken and self.on_broken is not None:
+            self.on_broken()
 
 
 def resolve_model_path(spec: RunnerSpec, cache_root: Path) -> str:
@@ -174,11 +214,13 @@ def warm_up(runner) -> None:
 def _serve_rank(conn, spec: RunnerSpec, kwargs: dict, rank: int, gpu_id: int, dist_port: int, device: str) -> None:
     """Body of a TP peer process: build rank `rank`, then replay rank 0's forward calls until told to close."""
     timeouts.enable_stack_dumps_on_request()  # rank 0 asks when a phase runs past its limit
+    warnings.simplefilter("ignore")  # a peer's warnings reach no summary, only the terminal (SGLang's, at import and exit)
     sglang_compat.prepare_process(device)
     sglang_compat.import_sglang()
     forward = None
     try:
-        runner = _build_rank(spec, kwargs, rank, gpu_id, dist_port, device)
+        with build_log():  # rank 0 keeps SGLang's noise out of the test's output; so do the peers
+            runner = _build_rank(spec, kwargs, rank, gpu_id, dist_port, device)
         forward = Forward(runner, model_path=kwargs["model_path"])
         conn.send(("ready", None))
         while True:
@@ -191,6 +233,8 @@ def _serve_rank(conn, spec: RunnerSpec, kwargs: dict, rank: int, gpu_id: int, di
                 forward.release()
             elif command == "generate":
                 forward.generate(args[0], **args[1])
+            elif command == "call":
+                conn.send(ranks.run_on_rank(ranks.RankContext(rank, spec.tp, runner, forward), *args))
             elif command == "close":
                 sglang_compat.barrier()
                 break
@@ -296,15 +340,19 @@ def _forget_runner(live: LiveRunner | None, device: str, errors: list) -> None:
         torch.cuda.empty_cache()
 
 
-def teardown(live: LiveRunner | None = None, *, peers: RankPeers | None = None, reservations=(), device: str = "cpu") -> None:
+def teardown(
+    live: LiveRunner | None = None, *, peers: RankPeers | None = None, reservations=(), device: str = "cpu", broken: bool = False
+) -> None:
     """The one cleanup path: safe on a half-built runner, when parts are already gone, and when
     interrupted (the peers and the ports go whatever happens before). Interrupted by a timeout,
-    it also undoes the rest, under a limit of its own: the process goes on to the next build."""
+    it also undoes the rest, under a limit of its own: the process goes on to the next build.
+    ``broken``: the rank group is in an unknown state (a rank failed or hung): the peers are
+    killed without a word or a barrier."""
     errors = []
     if live is not None:
         peers, reservations, device = live.peers, live.reservations, live.device
     try:
-        if live is not None:
+        if live is not None and not broken:
             try:
                 live.forward.release()
             except Exception as exc:  # keep tearing down
@@ -317,7 +365,7 @@ def teardown(live: LiveRunner | None = None, *, peers: RankPeers | None = None, 
                     if not peers.some_left(within=5.0):  # Ctrl-C reaches every rank: an interrupted peer leaves
                         errors.append(exc)
         if peers is not None:
-            peers.join(timeout=30.0 if live is not None else 0.0)  # a half-built peer cannot finish: kill it
+            peers.join(timeout=30.0 if live is not None and not broken else 0.0)  # a half-built or broken peer: killed
         _forget_runner(live, device, errors)
     except timeouts.SGLangTimeout as exc:
         # The hang was somewhere above: stop the peers first (nothing can wait on them then).
@@ -388,7 +436,7 @@ class RunnerFactory:
         self._live.forward.timeout_s = limit
         return self._live
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: float | None = None, broken: bool = False) -> None:
         """Tear the live runner down (no-op when none is alive), within ``timeout`` seconds (default:
         the run's limit); past it, teardown's ``finally`` still stops the TP peers and frees the ports."""
         live, self._live = self._live, None
@@ -397,16 +445,17 @@ class RunnerFactory:
         if live is not None:
             limit = self.timeout_s if timeout is None else timeout
             with timeouts.deadline("teardown", limit, on_expire=live.peers.dump_stacks_and_stop if live.peers else None):
-                teardown(live)
+                teardown(live, broken=broken)
 
-    def _close_after_timeout(self) -> None:
-        """A forward that timed out left the runner in an unknown state: it goes now. Its errors
-        on the way (a stopped peer's broken pipe) are printed; the test fails with the timeout."""
+    def discard(self) -> None:
+        """A timeout, or a rank that failed mid-call, left the rank group in an unknown state: the
+        runner goes now (its peers killed, no barrier) and the next test builds a fresh one. Errors
+        on the way are printed; the test fails with its own."""
         if self._live is not None:
             try:
-                self.close(timeout=self._live.forward.timeout_s)
+                self.close(timeout=self._live.forward.timeout_s, broken=True)
             except Exception as exc:
-                sys.stderr.write(f"sglang-runner: while tearing down the runner that timed out: {exc!r}\n")
+                sys.stderr.write(f"sglang-runner: while tearing down the broken runner: {exc!r}\n")
 
     def model_path(self, spec: RunnerSpec | None = None) -> str:
         return resolve_model_path(spec or self.default_spec, self.cache_root)
@@ -459,7 +508,7 @@ class RunnerFactory:
                 teardown(live)
             raise
         live.forward.on_expire = live.peers.dump_stacks_and_stop if live.peers else None
-        live.forward.on_timeout = self._close_after_timeout
+        live.forward.on_broken = live.on_broken = self.discard
         return live
 
     def _build_runner(self, spec: RunnerSpec, peers_started: Callable[[RankPeers], None]) -> LiveRunner:

@@ -171,6 +171,16 @@ OPTIONS_BY_FIELD = {option.field: option for option in OPTIONS}
 RUN_SETTINGS = frozenset(option.field for option in OPTIONS if not option.in_spec)
 
 
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"@pytest.mark.sglang(every_rank={value!r}): expected True or False")
+    return value
+
+
+# Marker-only settings of a test (how it runs), not of its runner: checked, never part of the spec.
+TEST_SETTINGS: dict[str, Callable[[Any], Any]] = {"every_rank": _flag}
+
+
 @dataclass(frozen=True)
 class RunnerSpec:
     """Everything that decides which runner gets built; equal specs share one runner."""
@@ -197,6 +207,8 @@ class RunnerSpec:
         for key, value in overrides.items():
             if key in RUN_SETTINGS:  # checked, but no part of the runner's config: it never causes a rebuild
                 OPTIONS_BY_FIELD[key].parse(value)
+            elif key in TEST_SETTINGS:
+                TEST_SETTINGS[key](value)
             elif key in ("arg", "server_args"):
                 extra.update(parse_server_args("sglang(server_args=...)", value))
             elif key in known:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from . import devices, ports, timeouts
+from . import devices, ports, ranks, timeouts
 from .factories import overrides_of
 from .lifecycle import LiveRunner, RunnerBuildError, RunnerFactory
 from .models.embedded import models_cache_dir
@@ -36,8 +36,8 @@ SETUP_ERRORS = (SpecError, RunnerBuildError, UnsupportedSGLang, timeouts.SGLangT
 
 # Tests that ask for any of these, or for a factories.sglang_runner fixture, build (or reuse) a
 # runner: ordered and xdist-grouped by config, marked sglang_runner.
-RUNNER_FIXTURES = frozenset({"runner", "sglang_live", "sglang_forward", "runner_factory"})
-TEST_CONFIG_FIXTURES = frozenset({"runner", "sglang_live", "sglang_forward"})  # the test's config (no factory fixture)
+RUNNER_FIXTURES = frozenset({"runner", "sglang_live", "sglang_forward", "sglang_rank", "runner_factory"})
+TEST_CONFIG_FIXTURES = frozenset({"runner", "sglang_live", "sglang_forward", "sglang_rank"})  # the test's config (no factory fixture)
 
 MARKERS = (
     "sglang(**overrides): build this test's runner with these settings (RunnerSpec fields such as "
@@ -205,6 +205,58 @@ def _config_key(item: pytest.Item, factory: RunnerFactory) -> str | None:
     except SpecError:
         return None
     return None if spec == factory.default_spec else repr(spec)
+
+
+def _every_rank(item: pytest.Item) -> bool:
+    try:
+        return bool(_marker_overrides(item).get("every_rank"))
+    except SpecError:
+        return False  # the bad marker fails the test at setup
+
+
+def _rank_arguments(item: pytest.Function) -> dict[str, tuple[str, object]]:
+    """What an every-rank test's peers pass for each argument: their own runner fixtures, or the
+    test's parameter values; any other fixture exists on rank 0 only."""
+    arguments = {}
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    for name in item._fixtureinfo.argnames:
+        if name in ranks.RANK_FIXTURES:
+            arguments[name] = ("fixture", name)
+        elif name in params:
+            arguments[name] = ("value", params[name])
+        else:
+            raise SpecError(
+                f"every-rank test: fixture {name!r} exists on rank 0 only; on every rank a test can take "
+                f"{', '.join(sorted(ranks.RANK_FIXTURES))} and its parametrize values"
+            )
+    return arguments
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function):
+    """An every-rank test (``@pytest.mark.sglang(tp=N, every_rank=True)``) runs here on rank 0 and
+    at once in each peer against its own runner; it passes only if every rank passes."""
+    live = pyfuncitem.config.stash[factory_key].live
+    if not _every_rank(pyfuncitem) or live is None or live.peers is None:
+        return (yield)
+    try:
+        arguments = _rank_arguments(pyfuncitem)
+    except SpecError as exc:
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None
+    test = ranks.FunctionRef.of(pyfuncitem.obj)
+    with live.every_rank(ranks.FunctionRef.of(ranks.call_test_function), (test, arguments), {}) as call:
+        yield
+    failures = ranks.peer_failures(call.outcomes)
+    if failures:
+        rank0 = call.outcomes[0]
+        also = f"\n(rank 0: {rank0[1]})" if rank0[0] == "failed" else ""
+        raise pytest.fail.Exception("\n".join(failures) + also, pytrace=False) from None
+    if call.rank0_error is not None:
+        raise call.rank0_error
+    skipped = ranks.skips(call.outcomes)
+    if skipped:
+        raise pytest.skip.Exception("; ".join(skipped), _use_item_location=True)
+    return None
 
 
 def _uses_runner(item: pytest.Item) -> bool:
@@ -388,6 +440,13 @@ def runner(sglang_live: LiveRunner) -> ModelRunner:
 def sglang_forward(sglang_live: LiveRunner) -> Forward:
     """Token lists or texts in, logits / hidden states / embeddings out (a `Forward`)."""
     return sglang_live.forward
+
+
+@pytest.fixture
+def sglang_rank(sglang_live: LiveRunner) -> ranks.RankContext:
+    """This rank's place in the TP group: ``.rank``, ``.world_size``, ``.runner``, ``.forward``.
+    Rank 0 here; in an every-rank test each peer gets its own."""
+    return sglang_live.rank_context()
 
 
 @pytest.fixture

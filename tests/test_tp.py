@@ -1,0 +1,196 @@
+"""Tensor parallelism as users test it (CPU, gloo, TP=2): a test body on every rank, rank faults
+that fail fast and leave nothing behind, and replay-mode faults that do not poison the session.
+
+One inner session (a subprocess) runs every case in order; its conftest records each test's
+outcome, message, duration and the rank processes alive before it, and the outer tests read that.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(0 < torch.cuda.device_count() < 2, reason="TP=2 on CUDA needs 2 GPUs")
+
+HANG_LIMIT_S = 10  # the time limit of the test whose rank 1 never answers (a marker: builds keep the run's limit)
+
+RECORDING_CONFTEST = """
+import json, os, time
+
+import psutil
+import pytest
+
+RECORD = os.environ["TP_RECORD"]
+
+
+def rank_processes():
+    return sum(1 for p in psutil.Process().children(recursive=True) if "spawn_main" in " ".join(p.cmdline()))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    item.stash.setdefault("started", time.monotonic())
+    item.stash.setdefault("peers_before", rank_processes())
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        with open(RECORD, "a") as f:
+            f.write(json.dumps({
+                "name": item.name, "outcome": report.outcome, "message": report.longreprtext,
+                "seconds": time.monotonic() - item.stash["started"], "peers_before": item.stash["peers_before"],
+            }) + "\\n")
+    return report
+
+
+def pytest_sessionfinish(session):
+    session.config.stash[__import__("pytest_sglang_runner.plugin").plugin.factory_key].close()
+    with open(RECORD, "a") as f:
+        f.write(json.dumps({"name": "<end>", "peers_after_close": rank_processes()}) + "\\n")
+"""
+
+EVERY_RANK_TESTS = """
+import os, time
+
+import pytest
+import torch
+from sglang.srt.distributed import tensor_model_parallel_all_reduce
+
+pytestmark = pytest.mark.sglang(tp=2, every_rank=True)
+
+
+def all_reduced(rank):
+    return tensor_model_parallel_all_reduce(torch.tensor([float(rank.rank + 1)])).item()
+
+
+def test_all_reduce_and_forward_on_every_rank(sglang_rank, sglang_forward, runner):
+    assert sglang_rank.world_size == 2 and sglang_rank.runner is runner
+    assert all_reduced(sglang_rank) == 3.0  # 1 + 2: both ranks took part
+    logits = sglang_forward.logits([[0, 5, 6, 7, 2]])[0]
+    total = tensor_model_parallel_all_reduce(logits.sum().reshape(1)).item()
+    assert abs(total - 2 * logits.sum().item()) <= 1e-3 * abs(total)  # every rank got the same logits
+
+
+@pytest.mark.parametrize("factor", [1, 3])
+def test_parameters_reach_every_rank(sglang_rank, factor):
+    assert all_reduced(sglang_rank) * factor == 3.0 * factor
+
+
+def test_a_rank_that_raises(sglang_rank):
+    if sglang_rank.rank == 1:
+        raise ValueError("a bug that shows on rank 1 only")
+    all_reduced(sglang_rank)  # rank 0 waits for rank 1 here
+
+
+def test_the_next_test_gets_a_fresh_group(sglang_rank):
+    assert all_reduced(sglang_rank) == 3.0
+
+
+@pytest.mark.sglang(timeout=%d)  # runs on the group the test before built
+def test_a_rank_that_never_answers(sglang_rank):
+    if sglang_rank.rank == 1:
+        time.sleep(10_000)
+    all_reduced(sglang_rank)
+
+
+def test_a_rank_that_exits(sglang_rank):
+    if sglang_rank.rank == 1:
+        os._exit(3)
+    all_reduced(sglang_rank)
+
+
+def test_a_rank_that_is_killed(sglang_rank):
+    if sglang_rank.rank == 1:
+        os.kill(os.getpid(), 9)
+    all_reduced(sglang_rank)
+
+
+def test_a_skip_on_one_rank(sglang_rank):
+    if sglang_rank.rank == 1:
+        pytest.skip("not on rank 1")
+
+
+def test_still_healthy_at_the_end(sglang_rank):
+    assert all_reduced(sglang_rank) == 3.0
+
+
+def test_only_rank0_fixtures_are_refused(sglang_rank, tmp_path):
+    pass
+""" % HANG_LIMIT_S
+
+REPLAY_TESTS = """
+import pytest
+
+
+@pytest.mark.sglang(tp=2)
+def test_rank0_forward_raises_before_any_collective(sglang_forward, runner, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("rank 0's model fails before its first collective")
+
+    monkeypatch.setattr(runner.model, "forward", broken)
+    sglang_forward([[0, 5, 6, 2]])
+
+
+@pytest.mark.sglang(tp=2)
+def test_replay_works_again(sglang_forward):
+    assert sglang_forward([[0, 5, 6, 2]]).logits[0].isfinite().all()
+"""
+
+
+@pytest.fixture
+def inner_run(pytester, tmp_path, monkeypatch, request):
+    """The inner session runs on the outer one's device (CPU unless --sglang-device cuda) and
+    ServerArgs (so a GPU run can turn CUDA graphs on)."""
+    record = tmp_path / "record.jsonl"
+    monkeypatch.setenv("TP_RECORD", str(record))
+    pytester.makeconftest(RECORDING_CONFTEST)
+    device = request.config.getoption("sglang_device") or "cpu"
+    server_args = [f"--sglang-arg={arg}" for arg in request.config.getoption("sglang_arg") or ()]
+
+    def run(**files):
+        pytester.makepyfile(**files)
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "ignore", f"--sglang-device={device}", *server_args, timeout=900)
+        entries = [json.loads(line) for line in record.read_text().splitlines()]
+        return result, {entry["name"]: entry for entry in entries}
+
+    return run
+
+
+def test_every_rank_mode_runs_the_body_on_each_rank_and_contains_rank_faults(inner_run, record_property):
+    result, tests = inner_run(test_every_rank=EVERY_RANK_TESTS)
+    print(result.stdout.str()[-6000:])
+
+    for name in ("test_all_reduce_and_forward_on_every_rank", "test_parameters_reach_every_rank[1]", "test_parameters_reach_every_rank[3]",
+                 "test_the_next_test_gets_a_fresh_group", "test_still_healthy_at_the_end"):
+        assert tests[name]["outcome"] == "passed", tests[name]
+
+    faults = {
+        "test_a_rank_that_raises": ["rank 1 failed:", "ValueError: a bug that shows on rank 1 only"],
+        "test_a_rank_that_exits": ["rank 1 exited with code 3"],
+        "test_a_rank_that_is_killed": ["rank 1 was killed by signal 9 (SIGKILL)"],
+        "test_a_rank_that_never_answers": [f"rank 1 did not finish within {HANG_LIMIT_S} s"],
+    }
+    for name, words in faults.items():
+        entry = tests[name]
+        assert entry["outcome"] == "failed" and all(w in entry["message"] for w in words), entry
+        assert entry["seconds"] < HANG_LIMIT_S + 60, entry  # the build of a fresh group included
+        record_property(f"{name}_s", round(entry["seconds"], 1))
+    # After each fault the next test builds a fresh group: one peer process, never a leftover.
+    assert all(entry.get("peers_before", 0) <= 1 for entry in tests.values() if "peers_before" in entry), tests
+    assert tests["test_a_skip_on_one_rank"]["outcome"] == "skipped" and "rank 1: not on rank 1" in tests["test_a_skip_on_one_rank"]["message"]
+    refused = tests["test_only_rank0_fixtures_are_refused"]
+    assert refused["outcome"] == "failed" and "fixture 'tmp_path' exists on rank 0 only" in refused["message"], refused
+    assert tests["<end>"]["peers_after_close"] == 0
+
+
+def test_a_replayed_forward_that_fails_on_rank0_does_not_poison_the_session(inner_run):
+    result, tests = inner_run(test_replay=REPLAY_TESTS)
+    first = tests["test_rank0_forward_raises_before_any_collective"]
+    assert first["outcome"] == "failed" and "rank 0's model fails before its first collective" in first["message"], first
+    assert tests["test_replay_works_again"]["outcome"] == "passed", tests["test_replay_works_again"]
+    assert tests["<end>"]["peers_after_close"] == 0
