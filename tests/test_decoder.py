@@ -237,6 +237,9 @@ def test_tensor_parallel_prefill_and_generate_give_the_tp1_results(runner_factor
     assert (prefill_two - prefill_one).abs().max().item() <= tolerance * prefill_one.abs().max().item()
     assert [g.output_ids for g in two] == [g.output_ids for g in one] and all(len(g.output_ids) == MAX_NEW_TOKENS for g in one)
     assert_logprobs_close(two, one, names=("tp2", "tp1"), **tolerances(decoder_dtype))
+    hf = runner_factory.hf_runner(runner_factory.spec_for(model="embedded-llama", dtype=decoder_dtype))
+    assert_logprobs_close(two, hf.generate(PROMPTS, max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True), names=("tp2", "hf"), **tolerances(decoder_dtype))
+    assert_logprobs_close(two, one, names=("tp2", "tp1"), **tolerances(decoder_dtype))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the documented examples are written for CPU float32")

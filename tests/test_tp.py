@@ -8,6 +8,8 @@ outcome, message, duration and the rank processes alive before it, and the outer
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,7 +56,7 @@ def pytest_sessionfinish(session):
         f.write(json.dumps({"name": "<end>", "peers_after_close": rank_processes()}) + "\\n")
 """
 
-EVERY_RANK_TESTS = """
+RANK_HELPERS = """
 import os, time
 
 import pytest
@@ -65,8 +67,13 @@ pytestmark = pytest.mark.sglang(tp=2, every_rank=True)
 
 
 def all_reduced(rank):
-    return tensor_model_parallel_all_reduce(torch.tensor([float(rank.rank + 1)])).item()
+    device = next(rank.runner.model.parameters()).device  # gloo on CPU, NCCL on CUDA
+    return tensor_model_parallel_all_reduce(torch.tensor([float(rank.rank + 1)], device=device)).item()
 
+
+"""
+
+HEALTHY_TESTS = RANK_HELPERS + """
 
 def test_all_reduce_and_forward_on_every_rank(sglang_rank, sglang_forward, runner):
     assert sglang_rank.world_size == 2 and sglang_rank.runner is runner
@@ -80,6 +87,17 @@ def test_all_reduce_and_forward_on_every_rank(sglang_rank, sglang_forward, runne
 def test_parameters_reach_every_rank(sglang_rank, factor):
     assert all_reduced(sglang_rank) * factor == 3.0 * factor
 
+
+def test_a_skip_on_one_rank(sglang_rank):
+    if sglang_rank.rank == 1:
+        pytest.skip("not on rank 1")
+
+
+def test_only_rank0_fixtures_are_refused(sglang_rank, tmp_path):
+    pass
+"""
+
+FAULT_TESTS = RANK_HELPERS + """
 
 def test_a_rank_that_raises(sglang_rank):
     if sglang_rank.rank == 1:
@@ -110,17 +128,8 @@ def test_a_rank_that_is_killed(sglang_rank):
     all_reduced(sglang_rank)
 
 
-def test_a_skip_on_one_rank(sglang_rank):
-    if sglang_rank.rank == 1:
-        pytest.skip("not on rank 1")
-
-
 def test_still_healthy_at_the_end(sglang_rank):
     assert all_reduced(sglang_rank) == 3.0
-
-
-def test_only_rank0_fixtures_are_refused(sglang_rank, tmp_path):
-    pass
 """ % HANG_LIMIT_S
 
 REPLAY_TESTS = """
@@ -146,7 +155,9 @@ def test_replay_works_again(sglang_forward):
 def inner_run(pytester, tmp_path, monkeypatch, request):
     """The inner session runs on the outer one's device (CPU unless --sglang-device cuda) and
     ServerArgs (so a GPU run can turn CUDA graphs on)."""
-    record = tmp_path / "record.jsonl"
+    records = os.environ.get("TP_RECORD_DIR")  # a GPU run keeps them, also when the run is cut off
+    record = Path(records) / f"{request.node.name}.jsonl" if records else tmp_path / "record.jsonl"
+    record.unlink(missing_ok=True)
     monkeypatch.setenv("TP_RECORD", str(record))
     pytester.makeconftest(RECORDING_CONFTEST)
     device = request.config.getoption("sglang_device") or "cpu"
@@ -161,14 +172,22 @@ def inner_run(pytester, tmp_path, monkeypatch, request):
     return run
 
 
-def test_every_rank_mode_runs_the_body_on_each_rank_and_contains_rank_faults(inner_run, record_property):
-    result, tests = inner_run(test_every_rank=EVERY_RANK_TESTS)
-    print(result.stdout.str()[-6000:])
-
-    for name in ("test_all_reduce_and_forward_on_every_rank", "test_parameters_reach_every_rank[1]", "test_parameters_reach_every_rank[3]",
-                 "test_the_next_test_gets_a_fresh_group", "test_still_healthy_at_the_end"):
+def test_every_rank_mode_runs_the_body_on_each_rank(inner_run):
+    result, tests = inner_run(test_every_rank=HEALTHY_TESTS)
+    for name in ("test_all_reduce_and_forward_on_every_rank", "test_parameters_reach_every_rank[1]", "test_parameters_reach_every_rank[3]"):
         assert tests[name]["outcome"] == "passed", tests[name]
+    skipped = tests["test_a_skip_on_one_rank"]
+    assert skipped["outcome"] == "skipped" and "rank 1: not on rank 1" in skipped["message"], skipped
+    refused = tests["test_only_rank0_fixtures_are_refused"]
+    assert refused["outcome"] == "failed" and "fixture 'tmp_path' exists on rank 0 only" in refused["message"], refused
+    assert all(entry.get("peers_before", 0) <= 1 for entry in tests.values()), tests  # one group all along
+    assert tests["<end>"]["peers_after_close"] == 0
 
+
+def test_rank_faults_fail_fast_name_the_rank_and_leave_a_fresh_group(inner_run, record_property):
+    result, tests = inner_run(test_rank_faults=FAULT_TESTS)
+    for name in ("test_the_next_test_gets_a_fresh_group", "test_still_healthy_at_the_end"):
+        assert tests[name]["outcome"] == "passed", tests[name]
     faults = {
         "test_a_rank_that_raises": ["rank 1 failed:", "ValueError: a bug that shows on rank 1 only"],
         "test_a_rank_that_exits": ["rank 1 exited with code 3"],
@@ -182,9 +201,6 @@ def test_every_rank_mode_runs_the_body_on_each_rank_and_contains_rank_faults(inn
         record_property(f"{name}_s", round(entry["seconds"], 1))
     # After each fault the next test builds a fresh group: one peer process, never a leftover.
     assert all(entry.get("peers_before", 0) <= 1 for entry in tests.values() if "peers_before" in entry), tests
-    assert tests["test_a_skip_on_one_rank"]["outcome"] == "skipped" and "rank 1: not on rank 1" in tests["test_a_skip_on_one_rank"]["message"]
-    refused = tests["test_only_rank0_fixtures_are_refused"]
-    assert refused["outcome"] == "failed" and "fixture 'tmp_path' exists on rank 0 only" in refused["message"], refused
     assert tests["<end>"]["peers_after_close"] == 0
 
 

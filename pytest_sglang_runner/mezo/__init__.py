@@ -2,7 +2,7 @@
 
 - `optimizer`: the four verbs (perturb, forward, step, update), `MeZO.step`, training;
 - `noise`: z as a pure function of (seed, parameter, element), the fused passes (`triton_kernels`);
-- `params`: parameter views and the flat fp32 masters;
+- `params`: parameter views (with their `Shard` under TP) and the flat fp32 masters;
 - `objective`: the masked-LM scorers (HF, runner) and the prompt objective;
 - `checkpoint`: checkpoints that replay bitwise, training history.
 
@@ -12,6 +12,7 @@ in `pytest_sglang_runner.models.roberta_views`.
 
 from ..models.roberta_views import SGLANG_UNUSED, hf_canonical_names, roberta_hf_to_sglang, roberta_sglang_views
 from .checkpoint import Checkpoint, History
+from .noise import Shard
 from .objective import Encoded, HFMaskedLM, MaskedLM, PromptObjective, SGLangMaskedLM
 from .optimizer import MeZO
 from .params import (
@@ -39,6 +40,7 @@ __all__ = [
     "ParamView",
     "PromptObjective",
     "SGLangMaskedLM",
+    "Shard",
     "canonical_state",
     "fingerprint",
     "hf_canonical_names",

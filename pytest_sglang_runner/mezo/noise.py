@@ -15,6 +15,11 @@ Two implementations of that one definition:
   int64 tensors. The integers are bitwise equal on both; the normals agree to float rounding
   (log/sin/cos differ by an ulp or so between devices).
 
+Under tensor parallelism a rank holds a part of some parameters (`Shard`: rows or columns of
+the full one); `ShardedTorchPasses` gives each of its elements the z TP=1 gives that element
+(same parameter index, the element's offset in the full parameter), so a TP=N run moves the
+weights as the TP=1 run does.
+
 A pass is one of: perturb (model <- master + scale z), restore (model <- master) or update
 (master <- master - lr (g z + wd master); model <- master), the update also being the restore
 after a step's last perturbation.
@@ -23,6 +28,7 @@ after a step's last perturbation.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -81,6 +87,90 @@ def standard_normal(seed: int, param_index: int, numel: int, device="cpu", start
     assert start % 4 == 0
     k = torch.arange(start // 4, (start + numel + 3) // 4, device=device, dtype=torch.int64)
     return normals_from_counters(k, param_index, seed).reshape(-1)[:numel]
+
+
+def normals_at(seed: int, param_index: int, starts: torch.Tensor, length: int, aligned: bool = False) -> torch.Tensor:
+    """z of one parameter at full offsets ``starts[i] + j`` for ``j < length``: shape ``[len(starts), length]``.
+
+    Each run starts anywhere (the counter of offset o is o // 4, its lane o % 4); ``aligned``
+    says every start is a multiple of 4, which saves one counter per run.
+    """
+    count = (length + 3) // 4 + (0 if aligned else 1)
+    k = (starts >> 2).unsqueeze(1) + torch.arange(count, device=starts.device, dtype=torch.int64)
+    normals = normals_from_counters(k, param_index, seed).reshape(len(starts), 4 * count)
+    if aligned:
+        return normals[:, :length]
+    lanes = (starts & 3).unsqueeze(1) + torch.arange(length, device=starts.device, dtype=torch.int64)
+    return normals.gather(1, lanes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Under tensor parallelism: a rank's part of a parameter, and its z
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Where a rank's part of a parameter sits in the full (TP=1) parameter: along ``dim``, the
+    ``length`` rows (dim 0) or columns (dim 1) from ``start``. The part is stored contiguous, of
+    `local_shape`; its z is the full parameter's z at the offsets the part's elements have there."""
+
+    shape: tuple[int, ...]  # the full parameter's
+    dim: int
+    start: int
+    length: int
+
+    def __post_init__(self):
+        if not 0 <= self.dim < len(self.shape) or not 0 <= self.start <= self.start + self.length <= self.shape[self.dim]:
+            raise ValueError(f"a shard of {self.length} from {self.start} along dim {self.dim} does not fit in {self.shape}")
+
+    @property
+    def local_shape(self) -> tuple[int, ...]:
+        return self.shape[: self.dim] + (self.length,) + self.shape[self.dim + 1 :]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.local_shape)
+
+    def runs(self) -> tuple[int, int, int, int]:
+        """The part as contiguous runs of the full parameter: (count, length, first offset, stride).
+
+        Run i holds full offsets ``first + i * stride + [0, length)`` and is local elements
+        ``[i * length, (i + 1) * length)``: one run for a rows shard, one per row for a columns shard.
+        """
+        inner = math.prod(self.shape[self.dim + 1 :])
+        return math.prod(self.shape[: self.dim]), self.length * inner, self.start * inner, self.shape[self.dim] * inner
+
+    def of(self, full: torch.Tensor) -> torch.Tensor:
+        """This part of a full-shaped tensor (a view)."""
+        return full.narrow(self.dim, self.start, self.length)
+
+
+def z_pieces(seed: int, param_index: int, numel: int, shard: Shard | None, device, chunk: int = 1 << 18):
+    """One parameter's z (or its shard's), in pieces of about ``4 * chunk`` elements:
+    yields ``(local start, z of local elements [start, start + len(z)))`` in local order."""
+    count, length, first, stride = (1, numel, 0, numel) if shard is None else shard.runs()
+    if count == 0 or length == 0:
+        return
+    aligned = first % 4 == 0 and (count == 1 or stride % 4 == 0)
+    budget = 4 * chunk
+    if length >= budget:  # long runs (a whole parameter, a rows shard): pieces of one run
+        for run in range(count):
+            for offset in range(0, length, budget):
+                starts = torch.tensor([first + run * stride + offset], device=device, dtype=torch.int64)
+                yield run * length + offset, normals_at(seed, param_index, starts, min(budget, length - offset), aligned).reshape(-1)
+    else:  # short runs (a columns shard's rows): many runs a piece
+        per_piece = max(1, budget // length)
+        for run in range(0, count, per_piece):
+            runs = torch.arange(run, min(count, run + per_piece), device=device, dtype=torch.int64)
+            yield run * length, normals_at(seed, param_index, first + runs * stride, length, aligned).reshape(-1)
+
+
+def shard_normal(seed: int, param_index: int, shard: Shard, device="cpu", chunk: int = 1 << 18) -> torch.Tensor:
+    """A shard's z, of the shard's local shape: the full parameter's z at the shard's elements."""
+    out = torch.empty(shard.numel, device=device)
+    for start, z in z_pieces(seed, param_index, shard.numel, shard, device, chunk):
+        out[start : start + len(z)] = z
+    return out.view(shard.local_shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,6 +238,56 @@ class TorchPasses:
         self._write(self.flat)
 
 
+class ShardedTorchPasses:
+    """The torch passes where some views are shards of TP-sharded parameters (see `Shard`).
+
+    Every element gets the z that TP=1 gives it: the parameter index is the view's position
+    (the HF order, the same on every rank) and the offset is the element's offset in the full
+    parameter; a whole (replicated) parameter gets its full z, the same on every rank. z is made
+    ``chunk`` counters at a time and written piece by piece: no flat-sized temporaries. The
+    arithmetic is `TorchPasses`'s, element for element.
+    """
+
+    name = "torch"
+
+    def __init__(self, flat, segments: Sequence[Segment], targets: Sequence[torch.Tensor], shards: Sequence[Shard | None], chunk: int = 1 << 18):
+        self.flat, self.segments, self.targets, self.shards, self.chunk = flat, list(segments), list(targets), list(shards), chunk
+        for seg, target, shard in zip(self.segments, self.targets, self.shards, strict=True):
+            if shard is not None and (tuple(target.shape) != shard.local_shape or seg.numel != shard.numel):
+                raise ValueError(f"a view of shape {tuple(target.shape)} is not its shard's {shard.local_shape}")
+
+    def _pieces(self, seed: int):
+        """(segment, flat range, model piece, z) for every piece of every view, in layout order."""
+        for index, (seg, target, shard) in enumerate(zip(self.segments, self.targets, self.shards)):
+            model = target.view(-1)
+            for start, z in z_pieces(seed, index, seg.numel, shard, self.flat.device, self.chunk):
+                yield seg, slice(seg.offset + start, seg.offset + start + len(z)), model[start : start + len(z)], z
+
+    def z(self, seed: int) -> torch.Tensor:
+        """z over the flat layout (padding zero)."""
+        out = torch.zeros_like(self.flat)
+        for _, where, _, z in self._pieces(seed):
+            out[where] = z
+        return out
+
+    def perturb(self, seed: int, scale: float) -> None:
+        for _, where, model, z in self._pieces(seed):
+            model.copy_(self.flat[where] + scale * z)
+
+    def restore(self) -> None:
+        for seg, target in zip(self.segments, self.targets):
+            target.view(-1).copy_(self.flat[seg.offset : seg.offset + seg.numel])
+
+    def update(self, seed: int, lr: float, grad: float, weight_decay: float = 0.0) -> None:
+        for seg, where, model, z in self._pieces(seed):
+            master = self.flat[where]
+            step = z * grad
+            if weight_decay:
+                step += (weight_decay * float(seg.decays)) * master
+            master.sub_(lr * step)
+            model.copy_(master)
+
+
 # ---------------------------------------------------------------------------------------------
 # The same passes as one Triton kernel launch each (CUDA)
 
@@ -209,10 +349,18 @@ def triton_available(device: torch.device) -> bool:
     return True
 
 
-def make_passes(flat: torch.Tensor, segments, targets, kernel: str = "auto"):
-    """``kernel``: "triton" (CUDA), "torch" (anywhere), or "auto" (Triton where it can run)."""
+def make_passes(flat: torch.Tensor, segments, targets, kernel: str = "auto", shards: Sequence[Shard | None] | None = None):
+    """``kernel``: "triton" (CUDA), "torch" (anywhere), or "auto" (Triton where it can run).
+
+    With a sharded view among ``shards`` (TP > 1) the passes are `ShardedTorchPasses`: the Triton
+    kernel knows whole parameters only, so "auto" takes torch there and "triton" is refused.
+    """
     if kernel not in ("auto", "triton", "torch"):
         raise ValueError(f"kernel must be 'auto', 'triton' or 'torch', not {kernel!r}")
+    if shards is not None and any(s is not None for s in shards):
+        if kernel == "triton":
+            raise ValueError("the Triton passes handle whole parameters only (TP=1): sharded views need kernel='auto' or 'torch'")
+        return ShardedTorchPasses(flat, segments, targets, shards)
     if kernel == "triton" or (kernel == "auto" and triton_available(flat.device)):
         return TritonPasses(flat, segments, targets)
     return TorchPasses(flat, segments, targets)

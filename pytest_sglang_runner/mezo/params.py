@@ -17,14 +17,20 @@ from typing import Sequence
 import torch
 
 from . import noise
+from .noise import Shard
 
 
 @dataclass(frozen=True)
 class ParamView:
-    """One trainable parameter under its canonical HF name; ``tensor`` shares the model's storage."""
+    """One trainable parameter under its canonical HF name; ``tensor`` shares the model's storage.
+
+    ``shard``: under tensor parallelism, where ``tensor`` (this rank's part) sits in the full
+    parameter; None for a whole parameter (TP=1, or one replicated on every rank).
+    """
 
     name: str
     tensor: torch.Tensor
+    shard: Shard | None = None
 
 
 def hf_parameter_views(model: torch.nn.Module) -> list[ParamView]:
@@ -69,7 +75,7 @@ class Masters:
         with torch.no_grad():
             for master, target in zip(self.tensors, targets):
                 master.copy_(target)
-        self.passes = noise.make_passes(self.flat, self.segments, targets, kernel)
+        self.passes = noise.make_passes(self.flat, self.segments, targets, kernel, shards=[v.shard for v in views])
 
     @property
     def numel(self) -> int:
