@@ -18,8 +18,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("sst2_dir", SST2_HELP, default=None)
 
 
+MARKERS = ("mezo_full: the MeZO paper setting (needs --sglang-model roberta-large and --sst2-dir)",)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "mezo_full: the MeZO paper setting (needs --sglang-model roberta-large and --sst2-dir)")
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
 
 
 @pytest.fixture

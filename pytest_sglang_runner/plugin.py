@@ -42,7 +42,7 @@ TEST_CONFIG_FIXTURES = frozenset({"runner", "sglang_live", "sglang_forward", "sg
 MARKERS = (
     "sglang(**overrides): build this test's runner with these settings (RunnerSpec fields such as "
     "tp=2, dtype='bfloat16', model=PATH, or any ServerArgs field); timeout=SECONDS bounds its build, forwards and "
-    "teardown instead of --sglang-timeout, without a rebuild",
+    "teardown instead of --sglang-timeout, without a rebuild; every_rank=True runs the test body on every TP rank",
     "sglang_runner: set by the kit on every test that uses a runner fixture (select with -m)",
     "sglang_gpu(n=1): skip unless at least n CUDA GPUs are visible",
 )

@@ -239,14 +239,3 @@ def test_tensor_parallel_prefill_and_generate_give_the_tp1_results(runner_factor
     assert_logprobs_close(two, one, names=("tp2", "tp1"), **tolerances(decoder_dtype))
     hf = runner_factory.hf_runner(runner_factory.spec_for(model="embedded-llama", dtype=decoder_dtype))
     assert_logprobs_close(two, hf.generate(PROMPTS, max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True), names=("tp2", "hf"), **tolerances(decoder_dtype))
-    assert_logprobs_close(two, one, names=("tp2", "tp1"), **tolerances(decoder_dtype))
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the documented examples are written for CPU float32")
-def test_the_documented_decoder_examples_pass(pytester):
-    from pathlib import Path
-
-    example = Path(__file__).parent.parent / "conftest_examples" / "test_decoder_example.py"
-    pytester.makepyfile(test_decoder_example=example.read_text())
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "ignore", "--sglang-model=embedded-llama")
-    result.assert_outcomes(passed=4)

@@ -1,6 +1,6 @@
 """The examples of docs/decoders.md, runnable as they stand (on CPU, float32):
 
-    pytest conftest_examples/test_decoder_example.py --sglang-model embedded-llama
+    pytest conftest_examples/decoder_hf    (its pytest.ini: sglang_model = embedded-llama)
 
 (or any decoder checkpoint directory). tests/test_decoder.py runs this file, so the page stays true.
 """

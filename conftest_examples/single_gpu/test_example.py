@@ -1,4 +1,4 @@
-"""What a user's own tests look like: nothing but fixtures (run: pytest conftest_examples)."""
+"""What a user's own tests look like: nothing but fixtures (run: pytest conftest_examples/single_gpu)."""
 
 import pytest
 import torch
