@@ -37,6 +37,7 @@ SETUP_ERRORS = (SpecError, RunnerBuildError, UnsupportedSGLang, timeouts.SGLangT
 # Tests that ask for any of these, or for a factories.sglang_runner fixture, build (or reuse) a
 # runner: ordered and xdist-grouped by config, marked sglang_runner.
 RUNNER_FIXTURES = frozenset({"runner", "sglang_live", "sglang_forward", "sglang_rank", "runner_factory"})
+CONFIG_GROUP_PREFIX = "sglang-config-"  # the kit's xdist groups: one per non-default config
 TEST_CONFIG_FIXTURES = frozenset({"runner", "sglang_live", "sglang_forward", "sglang_rank"})  # the test's config (no factory fixture)
 
 MARKERS = (
@@ -309,7 +310,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason="--sglang-skip: tests that use an SGLang runner are skipped"))
             keys[item] = _config_key(item, factory)
             if keys[item] is not None:
-                item.add_marker(pytest.mark.xdist_group(name=f"sglang-config-{_short_hash(keys[item])}"))
+                item.add_marker(pytest.mark.xdist_group(name=CONFIG_GROUP_PREFIX + _short_hash(keys[item])))
             slots.append(index)
     ordered = sorted((items[i] for i in slots), key=lambda item: (keys[item] is not None, keys[item] or ""))
     for index, item in zip(slots, ordered):
@@ -378,7 +379,7 @@ class XdistSupport:
         for item in items:
             marker = item.get_closest_marker("xdist_group")
             group = marker.kwargs.get("name", "") if marker is not None else ""
-            if group.startswith("sglang-config-") and "@" not in item.nodeid and hasattr(item, "_id"):
+            if group.startswith(CONFIG_GROUP_PREFIX) and "@" not in item.nodeid and hasattr(item, "_id"):
                 from _pytest.nodeid import NodeId
 
                 item._id = NodeId.parse(f"{item.nodeid}@{group}")

@@ -137,13 +137,11 @@ class EveryRankCall:
         self.peers = peers
         self.limit = limit or None
         self.outcomes: dict[int, tuple[str, Any]] = {}
-        self.stopped: set[int] = set()
         self.rank0_result: Any = None
         self.rank0_error: BaseException | None = None
         self._rank0_done = threading.Event()
         self._rank0_failed = False
         self._watcher: threading.Thread | None = None
-        self.killed = False
 
     def start(self, message: tuple) -> None:
         for rank, conn in enumerate(self.peers.conns, start=1):
@@ -198,7 +196,6 @@ class EveryRankCall:
             process.kill()
         for rank in pending:
             self.outcomes[rank] = outcome
-        self.killed = True
 
     def finish(self) -> None:
         """After rank 0's part: wait for the peers (bounded as above); `outcomes` then has every rank's."""
@@ -221,7 +218,7 @@ class EveryRankCall:
     def broken(self) -> bool:
         """Whether the rank group can no longer be trusted: a rank failed (a collective may be half
         done), ended, was stopped or ran out of time. A skip on every rank leaves it whole."""
-        return self.killed or any(status not in ("passed", "skipped") for status, _ in self.outcomes.values())
+        return any(status not in ("passed", "skipped") for status, _ in self.outcomes.values())
 
 
 def peer_failures(outcomes: dict[int, tuple[str, Any]]) -> list[str]:

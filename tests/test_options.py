@@ -83,6 +83,9 @@ def test_embedded_model_names_select_the_kits_models(pytester, value, model):
         (["--sglang-dtype=float7"], "--sglang-dtype 'float7': expected one of auto, float32, float16, bfloat16"),
         (["--sglang-mem-fraction=1.5"], "--sglang-mem-fraction '1.5': expected a number between 0 and 1"),
         (["--sglang-max-total-tokens=-4"], "--sglang-max-total-tokens '-4': expected a whole number >= 1"),
+        (["--sglang-timeout=-1"], "--sglang-timeout '-1': expected a number of seconds >= 0"),
+        (["--sglang-timeout=abc"], "--sglang-timeout 'abc': expected a number of seconds >= 0"),
+        (["--sglang-timeout=nan"], "--sglang-timeout 'nan': expected a number of seconds >= 0"),
         (["--sglang-model=./no/such/dir"], "--sglang-model './no/such/dir': no such directory"),
         (["--sglang-arg=oops"], "--sglang-arg 'oops': expected KEY=VALUE"),
         (["--sglang-arg=no_such_field=1"], "has no ServerArgs field 'no_such_field'"),
@@ -141,6 +144,7 @@ def test_a_broken_model_directory_is_a_usage_error_before_anything_imports(pytes
         ("sglang_tp = two", "--sglang-tp 'two': expected a whole number >= 1"),
         ("sglang_model = no-org/no-such-model", "not in the local Hugging Face cache"),
         ("sglang_device = gpu", "--sglang-device 'gpu': expected one of"),
+        ("sglang_timeout = soon", "--sglang-timeout 'soon': expected a number of seconds >= 0"),
     ],
 )
 def test_bad_ini_values_are_usage_errors(pytester, ini, expected, record_property):
