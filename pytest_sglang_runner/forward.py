@@ -26,8 +26,13 @@ class ForwardResult:
     packed_logits: Any = None  # [total_tokens, vocab]: per-token logits (masked LMs)
     packed_hidden_states: Any = None  # [total_tokens, hidden]
     next_token_logits: Any = None  # [batch, vocab]: last-position logits (generative models)
-    embeddings: Any = None  # [batch, dim]: pooled output (embedding / classification models)
     raw: Any = field(default=None, repr=False)  # what the model returned
+
+    @property
+    def embeddings(self):
+        """``[batch, dim]``: the pooled output SGLang's embedding path returns (embedding and
+        classification models, the kit's masked LM), or None for generative models."""
+        return getattr(self.raw, "embeddings", None)
 
     @property
     def offsets(self) -> list[int]:
@@ -61,9 +66,7 @@ def _interpret(raw: Any, lengths: list[int]) -> ForwardResult:
     elif hasattr(raw, "logits") and hasattr(raw, "hidden_states"):  # the kit's masked-LM output
         result.packed_logits = raw.logits
         result.packed_hidden_states = raw.hidden_states
-    elif hasattr(raw, "embeddings"):  # EmbeddingPoolerOutput
-        result.embeddings = raw.embeddings
-    else:
+    elif not hasattr(raw, "embeddings"):  # else an EmbeddingPoolerOutput
         raise TypeError(f"unexpected model output {type(raw).__name__}; read ForwardResult.raw")
     return result
 

@@ -160,7 +160,8 @@ OPTIONS: tuple[Option, ...] = (
     _option("arg", "any other ServerArgs field, KEY=VALUE; repeatable", lambda o: lambda v: parse_server_args(o, v), metavar="KEY=VALUE", repeatable=True),
     _option(
         "timeout",
-        "seconds a runner build, forward or teardown may take; past it every thread's stack is dumped and the test fails "
+        "seconds a runner build, forward or teardown may take; past it every thread's stack is dumped and the test fails; "
+        "also bounds an Engine's or server's start and each request to it "
         "(default 300, 0: no limit; per test: @pytest.mark.sglang(timeout=...))",
         _seconds,
         metavar="SECONDS",

@@ -22,6 +22,7 @@ from .factories import overrides_of
 from .lifecycle import LiveRunner, RunnerBuildError, RunnerFactory
 from .models.embedded import models_cache_dir
 from .options import OPTIONS, RunnerSpec, SpecError, spec_from_values
+from .services import EngineService, ServerService, ServiceError, ServiceFactory
 from .sglang_compat import UnsupportedSGLang, installed_version
 
 if TYPE_CHECKING:  # neither is imported before a test asks for a runner
@@ -32,11 +33,12 @@ if TYPE_CHECKING:  # neither is imported before a test asks for a runner
     from .reference import HFRunner
 
 factory_key = pytest.StashKey[RunnerFactory]()
-SETUP_ERRORS = (SpecError, RunnerBuildError, UnsupportedSGLang, timeouts.SGLangTimeout)
+services_key = pytest.StashKey[ServiceFactory]()
+SETUP_ERRORS = (SpecError, RunnerBuildError, UnsupportedSGLang, timeouts.SGLangTimeout, ServiceError)
 
 # Tests that ask for any of these, or for a factories.sglang_runner fixture, build (or reuse) a
-# runner: ordered and xdist-grouped by config, marked sglang_runner.
-RUNNER_FIXTURES = frozenset({"runner", "sglang_live", "sglang_forward", "sglang_rank", "runner_factory"})
+# runner, an Engine or a server: ordered and xdist-grouped by config, marked sglang_runner.
+RUNNER_FIXTURES = frozenset({"runner", "sglang_live", "sglang_forward", "sglang_rank", "runner_factory", "sglang_engine", "sglang_server"})
 CONFIG_GROUP_PREFIX = "sglang-config-"  # the kit's xdist groups: one per non-default config
 TEST_CONFIG_FIXTURES = frozenset({"runner", "sglang_live", "sglang_forward", "sglang_rank"})  # the test's config (no factory fixture)
 
@@ -44,7 +46,7 @@ MARKERS = (
     "sglang(**overrides): build this test's runner with these settings (RunnerSpec fields such as "
     "tp=2, dtype='bfloat16', model=PATH, or any ServerArgs field); timeout=SECONDS bounds its build, forwards and "
     "teardown instead of --sglang-timeout, without a rebuild; every_rank=True runs the test body on every TP rank",
-    "sglang_runner: set by the kit on every test that uses a runner fixture (select with -m)",
+    "sglang_runner: set by the kit on every test that uses a runner, Engine or server fixture (select with -m)",
     "sglang_gpu(n=1): skip unless at least n CUDA GPUs are visible",
 )
 GPU_ALIAS_MARKER = "gpu(n=1): the kit's old name for sglang_gpu (ini sglang_gpu_alias = false frees the name)"
@@ -66,9 +68,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--sglang-clear-cache", action="store_true", default=False, help="delete the kit's cached embedded models first (they are written again)"
     )
     group.addoption(
-        "--sglang-skip", action="store_true", default=None, help="skip every test that uses a runner (e.g. on machines without SGLang)"
+        "--sglang-skip", action="store_true", default=None, help="skip every test that uses a runner, Engine or server (e.g. on machines without SGLang)"
     )
-    parser.addini("sglang_skip", "skip every test that uses a runner", type="bool", default=False)
+    parser.addini("sglang_skip", "skip every test that uses a runner, Engine or server", type="bool", default=False)
     parser.addini("sglang_gpu_alias", "honour the old gpu(n) marker as sglang_gpu(n)", type="bool", default=True)
 
 
@@ -116,8 +118,10 @@ def pytest_configure(config: pytest.Config) -> None:
         shutil.rmtree(models_cache_dir(), ignore_errors=True)
     factory = RunnerFactory(spec, cache_root=models_cache_dir(), worker_index=devices.xdist_worker_index(), project_root=config.rootpath, timeout_s=limit)
     config.stash[factory_key] = factory
+    config.stash[services_key] = services = ServiceFactory(factory)
     config.add_cleanup(ports.sweep_stale_lock_files)  # runs after factory.close: files of crashed peers too
     config.add_cleanup(lambda: _close_at_session_end(factory))
+    config.add_cleanup(services.close)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistSupport(), "sglang-runner-xdist")
     if getattr(config, "workerinput", {}).get("sglang_loadgroup"):
@@ -470,3 +474,25 @@ def hf_runner(request: pytest.FixtureRequest, runner_factory: RunnerFactory) -> 
     """The test's checkpoint in HF transformers, in the runner's dtype and on its device, with the
     runner's method names and result types (`generate`, `next_token_logits`); cached per model."""
     return hf_runner_for(request, runner_factory)
+
+
+def _service(request: pytest.FixtureRequest, start):
+    try:
+        return start(request.config.stash[services_key], **_test_overrides(request.node))
+    except SETUP_ERRORS as exc:
+        _fail_setup(request, exc)
+
+
+@pytest.fixture
+def sglang_engine(request: pytest.FixtureRequest) -> EngineService:
+    """``sglang.Engine`` with this test's config, hosted in a process of its own (`EngineService`:
+    ``encode``, ``generate``, ``call``); started once per session and config, again if it died."""
+    return _service(request, ServiceFactory.engine)
+
+
+@pytest.fixture
+def sglang_server(request: pytest.FixtureRequest) -> ServerService:
+    """SGLang's HTTP server with this test's config on a reserved 127.0.0.1 port, healthy
+    (`ServerService`: ``base_url``, ``client``, ``embeddings``, ``completions``); started once per
+    session and config, again if it died."""
+    return _service(request, ServiceFactory.server)

@@ -5,6 +5,8 @@ SGLang ships only ``XLMRobertaModel`` (pooled CLS vector) and
 ``RobertaForMaskedLM`` and SGLang refuses it. This class loads such a checkpoint unmodified and
 returns per-token hidden states and vocabulary logits, which is what masked-LM prompting (MeZO)
 needs. `register()` adds it to SGLang's model registry; runs it with ``is_embedding=True``.
+Run by SGLang's own scheduler (the Engine, the server) it is an embedding model: each
+sequence's <s> vector, L2-normalised, as SGLang's ``XLMRobertaModel`` pools it.
 
 What it does differently from SGLang's own RoBERTa, all for speed: the embeddings compute HF's
 padding-aware position ids for the whole packed batch at once (SGLang's loop does one host round
@@ -17,14 +19,15 @@ This module imports SGLang: import it only after the version adapter has prepare
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from sglang.srt.distributed.communication_op import tensor_model_parallel_all_gather
+from sglang.srt.layers.pooler import EmbeddingPoolerOutput, Pooler, PoolingType
 from sglang.srt.model_executor.forward_batch_info import ForwardBatch
 from sglang.srt.model_loader.weight_utils import default_weight_loader
 from sglang.srt.models.roberta import XLMRobertaBaseModel
@@ -41,11 +44,14 @@ class MaskedLMOutput:
 
     hidden_states: torch.Tensor  # [total_tokens, hidden]
     logits: torch.Tensor  # [total_tokens, vocab], or [len(logit_rows), vocab] when the batch names rows
+    pool: Callable[[], torch.Tensor] = field(repr=False, default=None)
 
     @property
     def embeddings(self) -> torch.Tensor:
-        # SGLang's embedding path reads `.embeddings`; for a masked LM that is the logits.
-        return self.logits
+        """``[batch, hidden]``: each sequence's <s> vector, L2-normalised, as SGLang's own
+        ``XLMRobertaModel`` pools; what SGLang's embedding path (``Engine.encode``,
+        ``/v1/embeddings``) reads. Computed when read: MeZO's forwards never pay for it."""
+        return self.pool()
 
 
 class RobertaLMHead(nn.Module):
@@ -110,6 +116,7 @@ class RobertaForMaskedLM(nn.Module):
         self.config = config
         self.roberta = XLMRobertaBaseModel(config=config, quant_config=quant_config, prefix=prefix)
         self.lm_head = RobertaLMHead(config)
+        self.pooler = Pooler(pooling_type=PoolingType.CLS, normalize=True)
 
     @torch.no_grad()
     def forward(
@@ -119,17 +126,21 @@ class RobertaForMaskedLM(nn.Module):
         forward_batch: ForwardBatch,
         input_embeds: Optional[torch.Tensor] = None,
         get_embedding: bool = True,
-    ) -> MaskedLMOutput:
+    ) -> MaskedLMOutput | EmbeddingPoolerOutput:
+        """Run by the kit (``sglang_compat.per_token_outputs()``): per-token logits and hidden
+        states; by SGLang's scheduler: the pooled <s> vector, as from its ``XLMRobertaModel``."""
         if input_embeds is not None:  # SGLang's path handles embeddings given from outside
             hidden_states = self.roberta(input_ids, positions, forward_batch, input_embeds, get_embedding=True)
         else:
             embedded = packed_embeddings(self.roberta.embeddings, input_ids, positions, forward_batch.token_type_ids)
             hidden_states = encode(self.roberta.encoder, embedded, forward_batch)
+        if not sglang_compat.per_token_outputs():  # SGLang's scheduler (Engine, server): an embedding model
+            return self.pooler(hidden_states, forward_batch)
         rows = getattr(forward_batch, "logit_rows", None)
         decoder_weight = self.roberta.embeddings.word_embeddings.weight
         head_input = hidden_states if rows is None else hidden_states.index_select(0, rows)
         logits = self.lm_head(head_input, decoder_weight, self.config.vocab_size)
-        return MaskedLMOutput(hidden_states=hidden_states, logits=logits)
+        return MaskedLMOutput(hidden_states, logits, pool=lambda: self.pooler(hidden_states, forward_batch).embeddings)
 
     def load_weights(self, weights: Iterable[Tuple[str, torch.Tensor]]):
         params = dict(self.named_parameters())

@@ -6,7 +6,9 @@
 - `shims`: what a plain install cannot run as it stands (CPU layers, dropped config attributes,
   kernels without a dtype) and what the kit does about it;
 - `batches`: extend batches and greedy decode steps through the scheduler's own preparation;
-- `graphs`: one extend batch straight through ``runner.model``, eager or as a CUDA graph.
+- `graphs`: one extend batch straight through ``runner.model``, eager or as a CUDA graph;
+- `serving`: SGLang's own Engine and server hosted by the kit (the shims in every process SGLang
+  spawns there, requests in and answers out in the kit's types).
 
 The rest of the kit imports from here, never from SGLang's batch or bootstrap modules directly.
 """
@@ -18,7 +20,9 @@ from .batches import (
     Step,
     free_kv,
     free_kv_slots,
+    kit_call,
     pack_batch,
+    per_token_outputs,
     prefix_cache_disabled,
     run_packed,
     runner_limits,
@@ -59,10 +63,12 @@ __all__ = [
     "free_kv",
     "free_kv_slots",
     "import_sglang",
+    "kit_call",
     "installed_version",
     "kv_pool_does_not_fit",
     "make_server_args",
     "pack_batch",
+    "per_token_outputs",
     "prefix_cache_disabled",
     "prepare_process",
     "refused_dtype",

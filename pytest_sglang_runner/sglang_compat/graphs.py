@@ -20,7 +20,7 @@ import contextlib
 import inspect
 from typing import Any, Sequence
 
-from .batches import free_kv, pack_batch
+from .batches import free_kv, kit_call, pack_batch
 
 # Attention backends whose planned extend forward was checked to be capturable (SGLang 0.5.17).
 CAPTURABLE_BACKENDS = ("TritonAttnBackend",)
@@ -101,7 +101,7 @@ class ModelCall:
     def _call(self):
         fb = self.forward_batch
         kwargs = {} if self.runner.is_generation else {"get_embedding": True}
-        with _forward_context(self.runner, fb):
+        with _forward_context(self.runner, fb), kit_call():
             return self.runner.model.forward(fb.input_ids, fb.positions, fb, **kwargs)
 
     def __call__(self):

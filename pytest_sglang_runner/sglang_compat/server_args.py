@@ -134,10 +134,19 @@ def check_attention_backend(name: str, schema: Schema | None = None) -> None:
         raise SpecError(f"--sglang-attention-backend {name!r}: SGLang {installed_version()} has {', '.join(map(str, choices))}")
 
 
-def make_server_args(**kwargs: Any):
+@functools.cache
+def server_arg_fields() -> frozenset[str]:
+    """The fields this SGLang's ``ServerArgs`` takes."""
     from sglang.srt.server_args import ServerArgs
 
-    fields = inspect.signature(ServerArgs).parameters
+    return frozenset(inspect.signature(ServerArgs).parameters)
+
+
+def make_server_args(**kwargs: Any):
+    """``ServerArgs`` from the fields this SGLang has (the kit's defaults name some only newer ones take)."""
+    from sglang.srt.server_args import ServerArgs
+
+    fields = server_arg_fields()
     return ServerArgs(**{k: v for k, v in kwargs.items() if k in fields})
 
 

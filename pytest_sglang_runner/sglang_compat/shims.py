@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import re
+from typing import Callable
 
 from .process import uses_cpu_engine
 
@@ -44,12 +45,11 @@ _KV_POOL_TOO_SMALL = re.compile(r"(?:increase|raise) --mem-fraction-static", re.
 _TORCH_DTYPE_NAMES = {"Float": "float32", "Half": "float16", "BFloat16": "bfloat16", "Double": "float64"}
 
 
-@contextlib.contextmanager
-def cpu_native_layers(device: str):
-    """While a plain-CPU runner is built, its layers choose SGLang's native torch implementations."""
+def use_cpu_native_layers(device: str) -> list[tuple]:
+    """From now on, layers built in this process choose SGLang's native torch implementations
+    (plain CPU only); returns what was changed, for `cpu_native_layers` to put back."""
     if device != "cpu" or uses_cpu_engine():
-        yield
-        return
+        return []
     saved = []
     for module_name, flag in _CPU_LAYER_FLAGS:
         try:
@@ -59,6 +59,13 @@ def cpu_native_layers(device: str):
         if hasattr(module, flag):
             saved.append((module, flag, getattr(module, flag)))
             setattr(module, flag, True)
+    return saved
+
+
+@contextlib.contextmanager
+def cpu_native_layers(device: str):
+    """While a plain-CPU runner is built, its layers choose SGLang's native torch implementations."""
+    saved = use_cpu_native_layers(device)
     try:
         yield
     finally:
@@ -103,9 +110,9 @@ def kv_pool_does_not_fit(exc: BaseException) -> bool:
     return _search_chain(exc, _KV_POOL_TOO_SMALL) is not None
 
 
-@contextlib.contextmanager
-def loopback_rendezvous():
-    """While active, a rank-0 TCPStore for a loopback address listens on 127.0.0.1 only."""
+def use_loopback_rendezvous() -> Callable[[], None]:
+    """From now on, a rank-0 TCPStore for a loopback address listens on 127.0.0.1 only; returns
+    the undo."""
     import socket
     import sys
 
@@ -131,7 +138,18 @@ def loopback_rendezvous():
         )
 
     rendezvous._create_c10d_store = create
+
+    def undo() -> None:
+        rendezvous._create_c10d_store = original
+
+    return undo
+
+
+@contextlib.contextmanager
+def loopback_rendezvous():
+    """While active, a rank-0 TCPStore for a loopback address listens on 127.0.0.1 only."""
+    undo = use_loopback_rendezvous()
     try:
         yield
     finally:
-        rendezvous._create_c10d_store = original
+        undo()

@@ -1,0 +1,106 @@
+"""`ServiceFactory`: at most one hosted Engine and one hosted server per pytest process, each
+built with a test config's settings, reused while the config stays the same, started again when
+it died, and stopped (process tree and ports) at the end of the session."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .. import devices, ports, timeouts
+from ..lifecycle import RunnerFactory, server_args_kwargs
+from ..options import RunnerSpec
+from .engine import EngineService
+from .process import ServiceError
+from .server import ServerService
+
+
+class ServiceRestarted(UserWarning):
+    """A hosted Engine or server had died since the last test and was started again."""
+
+
+@dataclass
+class _Slot:
+    """One kind of service: the live one, its config and ports, and the configs that failed to start."""
+
+    live: Any = None
+    spec: RunnerSpec | None = None
+    reservations: list = field(default_factory=list)
+    failed: dict = field(default_factory=dict)
+
+    def stop(self) -> None:
+        live, self.live, self.spec = self.live, None, None
+        try:
+            if live is not None:
+                live.stop()
+        finally:
+            for reservation in self.reservations:
+                reservation.release()
+            self.reservations = []
+
+
+@dataclass
+class ServiceFactory:
+    runners: RunnerFactory  # for the config, the model directory, the worker's GPUs and the time limit
+    _engine: _Slot = field(default_factory=_Slot)
+    _server: _Slot = field(default_factory=_Slot)
+
+    def engine(self, **overrides: Any) -> EngineService:
+        """The Engine for the default config plus ``overrides`` (a test's marker or factory fixture)."""
+        return self._get(self._engine, "sglang_engine", self._start_engine, overrides)
+
+    def server(self, **overrides: Any) -> ServerService:
+        """The server for the default config plus ``overrides``; ready (``/health`` 200) when returned."""
+        return self._get(self._server, "sglang_server", self._start_server, overrides)
+
+    def _get(self, slot: _Slot, name: str, start: Callable, overrides: dict):
+        limit, overrides = timeouts.split_limit(overrides)
+        limit = self.runners.timeout_s if limit is None else limit
+        spec = self.runners.spec_for(**overrides)
+        if spec in slot.failed:  # fail fast instead of starting it again for every test
+            raise ServiceError(str(slot.failed[spec]))
+        if slot.live is not None and slot.spec == spec:
+            slot.live.timeout_s = limit
+            if slot.live.alive:
+                return slot.live
+            process = slot.live.process
+            died = f"pid {process.pid} {process.exit_text()}, log {process.log_path}" if process else "it was stopped"
+            warnings.warn(ServiceRestarted(f"{name}: the last one ended since the previous test ({died}); starting another"), stacklevel=1)
+        slot.stop()
+        try:
+            slot.live, slot.spec = start(slot, spec, limit), spec
+        except ServiceError as exc:
+            slot.failed[spec] = exc
+            slot.stop()
+            raise
+        except BaseException:
+            slot.stop()
+            raise
+        return slot.live
+
+    def _kwargs(self, slot: _Slot, spec: RunnerSpec, count: int) -> tuple[dict, str]:
+        """The runner's ServerArgs for ``spec`` on fresh reserved ports (the last ``count - 2`` kept for the caller)."""
+        device = devices.resolve_device(spec.device)
+        model_path = self.runners.model_path(spec)
+        slot.reservations = ports.reserve_ports(count)
+        dist_port, internal_port = (r.port for r in slot.reservations[:2])
+        kwargs = server_args_kwargs(spec, model_path, device, dist_port, internal_port)
+        if device == "cuda":
+            kwargs["base_gpu_id"] = devices.gpu_ids_for_worker(self.runners.worker_index, spec.tp)[0]
+        return kwargs, device
+
+    def _start_engine(self, slot: _Slot, spec: RunnerSpec, limit: float) -> EngineService:
+        kwargs, device = self._kwargs(slot, spec, 2)
+        return EngineService(kwargs, device=device, timeout_s=limit).start()
+
+    def _start_server(self, slot: _Slot, spec: RunnerSpec, limit: float) -> ServerService:
+        kwargs, device = self._kwargs(slot, spec, 3)
+        return ServerService(kwargs, device=device, timeout_s=limit, reservation=slot.reservations[2]).start()
+
+    def close(self) -> None:
+        """Stop both (their whole process trees) and release their ports."""
+        try:
+            self._engine.stop()
+        finally:
+            self._server.stop()

@@ -1,0 +1,180 @@
+"""The ``sglang_engine`` and ``sglang_server`` fixtures: SGLang's own Engine and HTTP server, with
+the runner's settings, agree with the runner; they leave nothing behind and never hang.
+
+The RoBERTa tests use a config of their own (a smaller KV budget), so under xdist their runner,
+Engine and server live on one worker instead of one of each per worker.
+"""
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import sys
+
+import psutil
+import pytest
+import torch
+
+from pytest_sglang_runner import assert_logprobs_close, assert_tokens_equal
+
+ON_GPU = torch.cuda.is_available()
+LLAMA = pytest.mark.sglang(model="embedded-llama", dtype="bfloat16" if ON_GPU else "float32")
+ROBERTA = pytest.mark.sglang(max_total_tokens=2048)
+PROMPTS = ["the film was", "It was a", "a bad film"]
+INNER_ARGS = ["-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"]
+
+
+def _group_listeners(pid: int) -> list:
+    """Listening TCP sockets of every process in ``pid``'s process group."""
+    group = os.getpgid(pid)
+    listeners = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == group:
+                listeners += [c.laddr for c in process.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        except (psutil.Error, ProcessLookupError):
+            pass
+    return listeners
+
+
+@ROBERTA
+def test_engine_embeddings_equal_the_runners(sglang_forward, sglang_engine):
+    ours = sglang_forward.embeddings(PROMPTS).float().cpu()
+    theirs = sglang_engine.encode(PROMPTS)
+    assert ours.shape == theirs.shape == (len(PROMPTS), ours.shape[1])
+    torch.testing.assert_close(theirs, ours, atol=1e-5 if not ON_GPU else 2e-3, rtol=0)
+    assert torch.allclose(theirs.norm(dim=1), torch.ones(len(PROMPTS)), atol=1e-5)  # SGLang's pooler normalises
+
+
+@LLAMA
+def test_engine_greedy_generation_agrees_with_the_runners(sglang_forward, sglang_engine):
+    ours = sglang_forward.generate(PROMPTS, max_new_tokens=12, top_logprobs=5)
+    theirs = sglang_engine.generate(PROMPTS, max_new_tokens=12, top_logprobs=5)
+    assert all(g.prompt_logprobs and g.output_logprobs for g in theirs)
+    assert_tokens_equal(ours, theirs, names=("runner", "engine"))
+    assert_logprobs_close(ours, theirs, names=("runner", "engine"))
+    assert [g.finish_reason for g in theirs] == [g.finish_reason for g in ours]
+
+
+@ROBERTA
+def test_server_embeddings_equal_the_runners(sglang_forward, sglang_server):
+    ours = sglang_forward.embeddings(PROMPTS).float().cpu()
+    torch.testing.assert_close(sglang_server.embeddings(PROMPTS), ours, atol=1e-5 if not ON_GPU else 2e-3, rtol=0)
+
+
+@LLAMA
+def test_server_completions_agree_with_the_runners(sglang_forward, sglang_server):
+    ours = sglang_forward.generate(PROMPTS, max_new_tokens=12, top_logprobs=5)
+    theirs = sglang_server.completions(PROMPTS, max_new_tokens=12, top_logprobs=5)
+    assert_tokens_equal(ours, theirs, names=("runner", "server"))
+    assert_logprobs_close(ours, theirs, names=("runner", "server"))
+    assert [g.text for g in theirs] == [g.text for g in ours]
+
+
+@LLAMA
+def test_the_server_is_plain_http_on_loopback_only(sglang_server):
+    """The ready client reaches SGLang's own routes; every socket its processes listen on is 127.0.0.1."""
+    assert sglang_server.client.get("/health").status_code == 200
+    models = sglang_server.client.get("/v1/models").json()
+    assert [m["id"] for m in models["data"]] == [sglang_server.model_path]
+    listeners = _group_listeners(sglang_server.process.pid)
+    assert any(a.port == sglang_server.port for a in listeners)
+    assert [a for a in listeners if a.ip != "127.0.0.1"] == []
+
+
+@LLAMA
+def test_the_engine_changes_nothing_in_the_pytest_process(sglang_engine):
+    """An in-process Engine would replace these handlers and policies; hosted, the test's stay."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT)}
+    policy = type(asyncio.get_event_loop_policy())
+    method = multiprocessing.get_start_method(allow_none=True)
+    assert sglang_engine.call("get_server_info")["model_path"] == sglang_engine.model_path
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+    assert type(asyncio.get_event_loop_policy()) is policy
+    assert multiprocessing.get_start_method(allow_none=True) == method
+    assert [a for a in _group_listeners(sglang_engine.pid) if a.ip != "127.0.0.1"] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Deaths, failed starts and the end of the session, in inner sessions of their own
+# ---------------------------------------------------------------------------------------------
+
+LIFECYCLE_TESTS = '''
+import json, os, signal
+import pytest
+from pytest_sglang_runner.services import ServiceError, ServiceRestarted
+
+def _record(pid):
+    with open(os.environ["SERVICE_PIDS"], "a") as file:
+        file.write(json.dumps([pid, os.getpgid(pid)]) + "\\n")
+
+def test_server_killed_mid_test(sglang_server):
+    _record(sglang_server.process.pid)
+    assert len(sglang_server.completions(["the film"], max_new_tokens=2)) == 1
+    os.kill(sglang_server.process.pid, signal.SIGKILL)  # the leader only: its children are orphaned
+    with pytest.raises(ServiceError, match="did not answer POST /v1/completions"):
+        sglang_server.completions(["the film"], max_new_tokens=2)
+
+def test_next_test_gets_a_restarted_server(sglang_server):
+    _record(sglang_server.process.pid)
+    assert len(sglang_server.completions(["the film"], max_new_tokens=2)) == 1
+
+def test_engine_killed_mid_test(sglang_engine):
+    _record(sglang_engine.pid)
+    os.killpg(sglang_engine.pid, signal.SIGKILL)
+    with pytest.raises(ServiceError, match=r"SGLang Engine \\(pid \\d+\\) ended before it was done with generate; it was killed by signal 9"):
+        sglang_engine.generate(["the film"], max_new_tokens=2)
+
+def test_next_test_gets_a_restarted_engine(sglang_engine):
+    _record(sglang_engine.pid)
+    assert len(sglang_engine.generate(["the film"], max_new_tokens=2)) == 1
+
+@pytest.mark.sglang(server_args={"tokenizer_path": "/nonexistent/tokenizer"})
+def test_a_server_that_cannot_start(sglang_server):
+    pass
+
+@pytest.mark.sglang(server_args={"tokenizer_path": "/nonexistent/tokenizer"})
+def test_the_failure_is_remembered(sglang_server):
+    pass
+'''
+
+
+def _processes_in(groups) -> list:
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if os.getpgid(process.pid) in groups:
+                found.append(process.info)
+        except (psutil.Error, ProcessLookupError):
+            pass
+    return found
+
+
+def test_deaths_and_failed_starts_give_clear_errors_and_leave_nothing(pytester, tmp_path, embedded_llama, monkeypatch, record_property):
+    """A server or Engine killed mid-test fails that test at once, naming the death; the next test
+    gets a fresh one (with a `ServiceRestarted` warning); a server that cannot start fails its test
+    with the end of its log, once per config; at the end no process of any of them is left."""
+    pids = tmp_path / "pids.jsonl"
+    monkeypatch.setenv("SERVICE_PIDS", str(pids))
+    pytester.makepyfile(test_lifecycle=LIFECYCLE_TESTS)
+    dtype = ["--sglang-dtype=bfloat16"] if ON_GPU else []
+    result = pytester.runpytest_subprocess(*INNER_ARGS, f"--sglang-model={embedded_llama}", *dtype, "-rA", timeout=900)
+    output = result.stdout.str()
+    result.assert_outcomes(passed=4, errors=2, warnings=2)
+    for name in ("sglang_server", "sglang_engine"):
+        assert output.count(f"ServiceRestarted: {name}: the last one ended since the previous test (pid ") == 1, output
+    assert "SGLang server (pid" in output and "ended before healthy at http://127.0.0.1:" in output
+    assert "last lines of its log" in output and "/nonexistent/tokenizer" in output
+    recorded = [tuple(map(int, line.strip("[]\n").split(","))) for line in pids.read_text().splitlines()]
+    assert len({pid for pid, _ in recorded}) == 4  # two servers, two Engines
+    assert _processes_in({group for _, group in recorded}) == []
+    record_property("service_processes_left", 0)
+
+
+@ROBERTA
+def test_the_runners_roberta_embedding_is_hfs_normalised_first_token_vector(sglang_forward, hf_model):
+    """What the Engine and server return for the kit's masked LM: HF's <s> hidden state, L2-normalised."""
+    ours = sglang_forward.embeddings(PROMPTS).float().cpu()
+    with torch.no_grad():
+        rows = [hf_model.roberta(torch.tensor([ids])).last_hidden_state[0, 0] for ids in sglang_forward.token_lists(PROMPTS)]
+    torch.testing.assert_close(ours, torch.nn.functional.normalize(torch.stack(rows), dim=-1), atol=1e-5 if not ON_GPU else 2e-3, rtol=0)
