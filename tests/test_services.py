@@ -178,3 +178,37 @@ def test_the_runners_roberta_embedding_is_hfs_normalised_first_token_vector(sgla
     with torch.no_grad():
         rows = [hf_model.roberta(torch.tensor([ids])).last_hidden_state[0, 0] for ids in sglang_forward.token_lists(PROMPTS)]
     torch.testing.assert_close(ours, torch.nn.functional.normalize(torch.stack(rows), dim=-1), atol=1e-5 if not ON_GPU else 2e-3, rtol=0)
+
+
+LIFELINE_PARENT = '''
+import json, sys, time
+from pytest_sglang_runner.services.process import HostedProcess
+host = HostedProcess("server", "pytest_sglang_runner.services.server_host", [json.dumps(json.loads(sys.argv[1]))], device="cpu")
+print(host.pid, flush=True)
+time.sleep(600)
+'''
+
+
+def test_a_host_goes_with_a_pytest_that_was_killed(embedded_llama):
+    """No cleanup of pytest's runs after SIGKILL: the host sees its lifeline pipe close and
+    kills its own process group (a server host would otherwise start SGLang and serve forever)."""
+    import json
+    import subprocess
+    import time
+
+    from pytest_sglang_runner import ports
+
+    reservation = ports.reserve_port()
+    kwargs = {"model_path": embedded_llama, "device": "cpu", "host": "127.0.0.1", "port": reservation.port, "attention_backend": "torch_native"}
+    parent = subprocess.Popen([sys.executable, "-c", LIFELINE_PARENT, json.dumps(kwargs)], stdout=subprocess.PIPE, text=True)
+    try:
+        host = int(parent.stdout.readline())
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 120
+        while _processes_in({host}) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _processes_in({host}) == []
+    finally:
+        parent.kill()
+        reservation.release()
