@@ -7,6 +7,7 @@ import shutil
 import signal
 import threading
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,11 +131,21 @@ def test_sglang_server_side_effects_stay_out_of_pytest(runner):
     assert multiprocessing.get_start_method(allow_none=True) != "spawn"
 
 
-def _port_locks_held():
+@pytest.fixture
+def runner_port_locks(request):
+    """The port lock files this process holds open, less those of a live Engine or server (an
+    earlier test's ``sglang_engine`` / ``sglang_server`` keeps its ports for the session)."""
+    from pytest_sglang_runner.plugin import services_key
     from pytest_sglang_runner.ports import LOCK_DIR
 
-    links = (os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd"))
-    return [link for link in links if link.startswith(str(LOCK_DIR.resolve()))]
+    services = request.config.stash[services_key]
+
+    def held() -> list[str]:
+        links = (os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd"))
+        ours = [link for link in links if link.startswith(str(LOCK_DIR.resolve()))]
+        return [link for link in ours if int(Path(link).stem) not in services.held_ports]
+
+    return held
 
 
 def _process_resources():
@@ -145,7 +156,7 @@ def _process_resources():
     return process.memory_info().rss, threading.active_count(), len(os.listdir("/proc/self/fd"))
 
 
-def test_three_build_teardown_cycles_leave_rss_threads_and_fds_flat(runner_factory):
+def test_three_build_teardown_cycles_leave_rss_threads_and_fds_flat(runner_factory, runner_port_locks):
     measurements = []
     for cycle in range(4):  # the first cycle warms caches; the next three must be flat
         live = runner_factory.get(max_total_tokens=512 + cycle)
@@ -158,7 +169,7 @@ def test_three_build_teardown_cycles_leave_rss_threads_and_fds_flat(runner_facto
         assert freed() is None, "the runner outlived its teardown"
         assert not torch.distributed.is_initialized()
         assert not any(reservation.held for reservation in ports)
-        assert _port_locks_held() == []
+        assert runner_port_locks() == []
         measurements.append(_process_resources())
     rss, threads, fds = zip(*measurements[1:])
     assert max(rss) - min(rss) < 64 * 2**20, rss
@@ -166,7 +177,7 @@ def test_three_build_teardown_cycles_leave_rss_threads_and_fds_flat(runner_facto
     assert len(set(fds)) == 1, fds
 
 
-def test_a_build_that_fails_half_way_is_torn_down(runner_factory, sglang_model_path, tmp_path):
+def test_a_build_that_fails_half_way_is_torn_down(runner_factory, sglang_model_path, tmp_path, runner_port_locks):
     broken = tmp_path / "broken"
     shutil.copytree(sglang_model_path, broken)
     shorten_tensor(broken, "roberta.encoder.layer.0.output.dense.weight")  # the loader, not the file check, finds it
@@ -174,7 +185,7 @@ def test_a_build_that_fails_half_way_is_torn_down(runner_factory, sglang_model_p
     with pytest.raises(RunnerBuildError, match="building the SGLang runner failed"):
         runner_factory.get(model=str(broken))
     assert not torch.distributed.is_initialized()
-    assert _port_locks_held() == []
+    assert runner_port_locks() == []
     with pytest.raises(RunnerBuildError):  # remembered: no second slow attempt
         runner_factory.get(model=str(broken))
     assert runner_factory.get().forward(BATCH[:1]).logits[0].isfinite().all()

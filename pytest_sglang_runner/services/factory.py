@@ -98,6 +98,11 @@ class ServiceFactory:
         kwargs, device = self._kwargs(slot, spec, 3)
         return ServerService(kwargs, device=device, timeout_s=limit, reservation=slot.reservations[2]).start()
 
+    @property
+    def held_ports(self) -> set[int]:
+        """The ports the live Engine and server hold reserved (released when they stop)."""
+        return {r.port for slot in (self._engine, self._server) for r in slot.reservations}
+
     def close(self) -> None:
         """Stop both (their whole process trees) and release their ports."""
         try:
