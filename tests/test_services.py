@@ -24,15 +24,25 @@ PROMPTS = ["the film was", "It was a", "a bad film"]
 INNER_ARGS = ["-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"]
 
 
+def _processes_in(groups) -> list:
+    """Every live process whose process group is one of ``groups``."""
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if os.getpgid(process.pid) in groups:
+                found.append(process)
+        except (psutil.Error, ProcessLookupError):
+            pass
+    return found
+
+
 def _group_listeners(pid: int) -> list:
     """Listening TCP sockets of every process in ``pid``'s process group."""
-    group = os.getpgid(pid)
     listeners = []
-    for process in psutil.process_iter():
+    for process in _processes_in({os.getpgid(pid)}):
         try:
-            if os.getpgid(process.pid) == group:
-                listeners += [c.laddr for c in process.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
-        except (psutil.Error, ProcessLookupError):
+            listeners += [c.laddr for c in process.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        except psutil.Error:
             pass
     return listeners
 
@@ -139,17 +149,6 @@ def test_the_failure_is_remembered(sglang_server):
 '''
 
 
-def _processes_in(groups) -> list:
-    found = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if os.getpgid(process.pid) in groups:
-                found.append(process.info)
-        except (psutil.Error, ProcessLookupError):
-            pass
-    return found
-
-
 def test_deaths_and_failed_starts_give_clear_errors_and_leave_nothing(pytester, tmp_path, embedded_llama, monkeypatch, record_property):
     """A server or Engine killed mid-test fails that test at once, naming the death; the next test
     gets a fresh one (with a `ServiceRestarted` warning); a server that cannot start fails its test
@@ -167,7 +166,7 @@ def test_deaths_and_failed_starts_give_clear_errors_and_leave_nothing(pytester, 
     assert "last lines of its log" in output and "/nonexistent/tokenizer" in output
     recorded = [tuple(map(int, line.strip("[]\n").split(","))) for line in pids.read_text().splitlines()]
     assert len({pid for pid, _ in recorded}) == 4  # two servers, two Engines
-    assert _processes_in({group for _, group in recorded}) == []
+    assert [p.info for p in _processes_in({group for _, group in recorded})] == []
     record_property("service_processes_left", 0)
 
 
@@ -208,7 +207,7 @@ def test_a_host_goes_with_a_pytest_that_was_killed(embedded_llama):
         deadline = time.monotonic() + 120
         while _processes_in({host}) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert _processes_in({host}) == []
+        assert [p.info for p in _processes_in({host})] == []
     finally:
         parent.kill()
         reservation.release()

@@ -70,11 +70,9 @@ class ServiceFactory:
         slot.stop()
         try:
             slot.live, slot.spec = start(slot, spec, limit), spec
-        except ServiceError as exc:
-            slot.failed[spec] = exc
-            slot.stop()
-            raise
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, ServiceError):  # a start that failed, not one that was interrupted
+                slot.failed[spec] = exc
             slot.stop()
             raise
         return slot.live

@@ -106,6 +106,11 @@ def engine_generate(engine, token_lists, *, max_new_tokens: int, top_logprobs: i
     return answers if isinstance(answers, list) else [answers]
 
 
+def _finish_reason(kind: str | None) -> str | None:
+    """SGLang's finish reason as the runner's: "length" (max_new_tokens), else "stop" (EOS, a stop token)."""
+    return None if not kind else ("length" if kind == "length" else "stop")
+
+
 def _token_logprob(entry, top) -> "Any":
     from ..generation import TokenLogprob
 
@@ -120,8 +125,7 @@ def generation_from_engine(prompt_ids: Sequence[int], answer: dict):
 
     meta = answer["meta_info"]
     result = Generation(prompt_ids=list(prompt_ids), output_ids=[int(t) for t in answer["output_ids"]], text=answer.get("text"))
-    reason = meta.get("finish_reason") or {}
-    result.finish_reason = "length" if reason.get("type") == "length" else ("stop" if reason else None)
+    result.finish_reason = _finish_reason((meta.get("finish_reason") or {}).get("type"))
     if "output_token_logprobs" in meta:
         prompt, prompt_top = meta.get("input_token_logprobs") or [], meta.get("input_top_logprobs") or []
         result.prompt_logprobs = [None] + [_token_logprob(entry, top) for entry, top in zip(prompt[1:], prompt_top[1:])]
@@ -174,7 +178,6 @@ def generations_from_completion(token_lists, answer: dict, tokenizer) -> list:
             None if value is None else TokenLogprob(token_id, float(value), {ids_of.get(text, -1): float(lp) for text, lp in (top or {}).items()})
             for token_id, value, top in zip(ids, logprobs["token_logprobs"], logprobs["top_logprobs"])
         ]
-        reason = choice.get("finish_reason")
         results.append(
             Generation(
                 prompt_ids=list(prompt_ids),
@@ -182,7 +185,7 @@ def generations_from_completion(token_lists, answer: dict, tokenizer) -> list:
                 text=tokenizer.decode(output_ids, skip_special_tokens=True),  # the answer's text echoes the prompt
                 prompt_logprobs=[None] + entries[1 : len(prompt_ids)],
                 output_logprobs=entries[len(prompt_ids) :],
-                finish_reason="length" if reason == "length" else ("stop" if reason else None),
+                finish_reason=_finish_reason(choice.get("finish_reason")),
             )
         )
     return results
