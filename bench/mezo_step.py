@@ -210,7 +210,7 @@ def main() -> None:
     import torch
 
     from pytest_sglang_runner import mezo
-    from pytest_sglang_runner.lifecycle import RunnerFactory
+    from pytest_sglang_runner.runner import RunnerFactory
     from pytest_sglang_runner.options import RunnerSpec
 
     shapes = parse_shapes(args.shapes) or [(args.batch, args.seq)]

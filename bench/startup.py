@@ -79,8 +79,8 @@ def runner_ready(model: str, repeats: int) -> dict:
 import json, sys, time
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from startup import _spec
-from pytest_sglang_runner.lifecycle import RunnerFactory
-from pytest_sglang_runner.models.embedded import models_cache_dir
+from pytest_sglang_runner.runner import RunnerFactory
+from pytest_sglang_runner.paths import models_cache_dir
 factory = RunnerFactory(_spec({model!r}), cache_root=models_cache_dir())
 factory.model_path()  # the embedded model is written (or found) first: not a start-up cost
 times = []
@@ -101,13 +101,13 @@ def engine_child(model: str) -> None:
     import sglang
 
     from pytest_sglang_runner import ports
-    from pytest_sglang_runner.lifecycle import RunnerFactory, server_args_kwargs
-    from pytest_sglang_runner.models.embedded import models_cache_dir
+    from pytest_sglang_runner.runner import RunnerFactory
+    from pytest_sglang_runner.paths import models_cache_dir
 
     spec = _spec(model)
-    path = RunnerFactory(spec, cache_root=models_cache_dir()).model_path()
+    plan = RunnerFactory(spec, cache_root=models_cache_dir()).plan()
     reservations = ports.reserve_ports(2)
-    kwargs = server_args_kwargs(spec, path, _device(), *(r.port for r in reservations))
+    kwargs = plan.server_args(*(r.port for r in reservations))
     started = time.perf_counter()
     engine = sglang.Engine(**kwargs)
     ready = time.perf_counter() - started
@@ -127,8 +127,8 @@ def engine_ready(model: str, repeats: int) -> list[float]:
 
 
 def kit_service_ready(model: str, repeats: int, which: str) -> list[float]:
-    from pytest_sglang_runner.lifecycle import RunnerFactory
-    from pytest_sglang_runner.models.embedded import models_cache_dir
+    from pytest_sglang_runner.runner import RunnerFactory
+    from pytest_sglang_runner.paths import models_cache_dir
     from pytest_sglang_runner.services import ServiceFactory
 
     times = []

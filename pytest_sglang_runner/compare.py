@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .generation import Generation, TokenLogprob
+from .results import Generation, TokenLogprob
 
 MAX_ROWS = 20
 

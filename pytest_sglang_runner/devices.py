@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from .options import SpecError
+from .errors import SpecError
 
 
 def xdist_worker_index() -> int:

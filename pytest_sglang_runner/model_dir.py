@@ -13,7 +13,8 @@ import os
 import struct
 from pathlib import Path
 
-from .options import SpecError
+from .errors import SpecError
+from .paths import kit_cache_dir  # noqa: F401  (its old home)
 
 
 def _safetensors_problem(path: Path) -> str | None:
@@ -54,13 +55,6 @@ def check_model_dir(option: str, directory: str) -> None:
         problem = _safetensors_problem(weights)
         if problem is not None:
             raise SpecError(f"{option} {directory!r}: {weights.name} is not a complete safetensors file ({problem}); copy or save the model again")
-
-
-def kit_cache_dir() -> Path:
-    """Where the kit keeps what outlives a run (embedded models, ServerArgs schemas):
-    ``$XDG_CACHE_HOME/pytest-sglang-runner``, by default ``~/.cache/pytest-sglang-runner``."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "pytest-sglang-runner"
 
 
 def cached_hub_snapshot(model_id: str) -> str | None:

@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from .errors import SpecError
+
 DEVICES = ("auto", "cuda", "cpu")
 # Models the kit writes itself (models/embedded.py); "embedded" alone means the default.
 EMBEDDED_MODELS = ("embedded-roberta", "embedded-llama")
@@ -21,8 +23,6 @@ DEFAULT_MODEL = "embedded-roberta"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
-class SpecError(ValueError):
-    """A setting has a bad value; the message names the option and the fix."""
 
 
 def _choice(option: str, choices: tuple[str, ...]) -> Callable[[Any], str]:

@@ -22,6 +22,8 @@ import socket
 import tempfile
 from pathlib import Path
 
+from .errors import PortsExhausted
+
 LOCK_DIR = Path(os.environ.get("PYTEST_SGLANG_PORT_LOCK_DIR", Path(tempfile.gettempdir()) / "pytest-sglang-runner-ports"))
 _used_in_this_process: set[int] = set()
 _swept = False
@@ -130,7 +132,10 @@ def reserve_port(attempts: int = 200) -> PortReservation:
         os.write(fd, str(os.getpid()).encode())
         _used_in_this_process.add(port)
         return PortReservation(port, fd)
-    raise RuntimeError(f"no free TCP port found after {attempts} attempts (lock directory {LOCK_DIR})")
+    raise PortsExhausted(
+        f"no free TCP port on 127.0.0.1 after {attempts} tries: each was in use or reserved by another pytest process "
+        f"(lock files in {LOCK_DIR}); stop the processes holding ports, or remove that directory when no pytest runs"
+    )
 
 
 def reserve_ports(count: int) -> list[PortReservation]:

@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .forward import Tokenized
-from .generation import Generation, TokenLogprob, check_arguments
+from .results import Generation, TokenLogprob, check_arguments
+from .tokens import Tokenized
 
 _DTYPES = {"float32", "float16", "bfloat16"}
 

@@ -25,30 +25,15 @@ import time
 import traceback
 from typing import Any, Callable, Mapping
 
+from .errors import HOW_TO_RAISE_TIMEOUT as HOW_TO_RAISE, SGLangTimeout
 from .options import OPTIONS_BY_FIELD
 
 DEFAULT_SECONDS = 300.0
 KEY = "timeout"  # the marker's (and RunnerFactory.get's) argument
-HOW_TO_RAISE = "--sglang-timeout / @pytest.mark.sglang(timeout=...)"
 PEER_DUMP_SIGNAL = getattr(signal, "SIGUSR1", None)  # TP peers dump their stacks on it (faulthandler.register)
 CAN_INTERRUPT = hasattr(signal, "SIGALRM") and hasattr(signal, "pthread_kill")
 
 
-class SGLangTimeout(BaseException):
-    """A build, forward or teardown ran past the limit. A BaseException, like KeyboardInterrupt and
-    pytest's own outcomes, so that no ``except Exception`` on the way up (SGLang's, a test's)
-    swallows it and goes on with a runner in an unknown state."""
-
-    def __init__(self, phase: str, seconds: float):
-        super().__init__(
-            f"the runner's {phase} ran past the {seconds:g} s limit (every thread's stack is on stderr); "
-            f"raise the limit with {HOW_TO_RAISE}, or 0 for none"
-        )
-        self.phase = phase
-        self.seconds = seconds
-
-    def __reduce__(self):
-        return type(self), (self.phase, self.seconds)
 
 
 def parse_limit(value: Any) -> float:

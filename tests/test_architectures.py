@@ -9,9 +9,12 @@ import shutil
 import pytest
 import torch
 
-from pytest_sglang_runner.lifecycle import RunnerBuildError, build_failure
-from pytest_sglang_runner.options import RunnerSpec, SpecError
-from pytest_sglang_runner.sglang_compat import installed_version
+from pytest_sglang_runner.errors import RunnerBuildError
+from pytest_sglang_runner.runner.build_errors import build_failure
+from pytest_sglang_runner.runner.plan import BuildPlan, model_config, resolve_dtype
+from pytest_sglang_runner.errors import SpecError
+from pytest_sglang_runner.options import RunnerSpec
+from pytest_sglang_runner.sglang_compat.process import installed_version
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128)
 
@@ -67,15 +70,21 @@ def test_gemma2_builds_and_matches_hf_or_fails_naming_it(runner_factory, tmp_pat
     assert live.forward([[2, 5, 6, 7]]).next_token_logits.isfinite().all()
 
 
+def _plan(spec, directory, device: str) -> BuildPlan:
+    """The plan a build of ``spec`` on ``device`` would have, without resolving devices or GPUs."""
+    config = model_config(str(directory))
+    return BuildPlan(spec, str(directory), device, (0,) * spec.tp, resolve_dtype(spec.dtype, config), config)
+
+
 def test_a_kernel_without_the_dtype_becomes_a_usage_error_naming_bfloat16(tmp_path):
     """The message mapping alone, for sgl_kernel's float32 RMSNorm failure (the real one needs a GPU: test_decoder.py)."""
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     refusal = RuntimeError("rmsnorm(input, weight, eps, enable_pdl) failed to dispatch data type Float")
-    error = build_failure(RunnerSpec(model=str(tmp_path), dtype="float32"), str(tmp_path), "cuda", refusal)
+    error = build_failure(_plan(RunnerSpec(model=str(tmp_path), dtype="float32"), tmp_path, "cuda"), refusal)
     assert isinstance(error, SpecError)
     assert str(error).startswith("--sglang-dtype float32: SGLang ")
     assert "LlamaForCausalLM have no float32 path" in str(error) and "use --sglang-dtype bfloat16" in str(error)
-    error = build_failure(RunnerSpec(model=str(tmp_path)), str(tmp_path), "cuda", refusal)
+    error = build_failure(_plan(RunnerSpec(model=str(tmp_path)), tmp_path, "cuda"), refusal)
     assert str(error).startswith("--sglang-dtype auto (the checkpoint's float32): ")
 
 
@@ -96,7 +105,7 @@ def test_an_op_without_a_cpu_kernel_becomes_a_usage_error_naming_the_device(tmp_
     """The message mapping alone (the real failure needs SGLang's CUDA build on a GPU machine: the test above)."""
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["RobertaForMaskedLM"]}))
     missing = NotImplementedError("Could not run 'sglang::store_cache' with arguments from the 'CPU' backend. This could be ...")
-    error = build_failure(RunnerSpec(model=str(tmp_path), device="cpu"), str(tmp_path), "cpu", missing)
+    error = build_failure(_plan(RunnerSpec(model=str(tmp_path), device="cpu"), tmp_path, "cpu"), missing)
     assert isinstance(error, SpecError)
     assert str(error).startswith(f"--sglang-device cpu: this SGLang {installed_version()} install has no CPU kernel for sglang::store_cache")
 
@@ -106,7 +115,7 @@ def test_a_kv_pool_that_does_not_fit_names_the_kits_memory_option(tmp_path):
     give up on the pool (SGLang 0.5.17 on an H100 built at mem_fraction=0.001), so the text is SGLang's."""
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     no_room = RuntimeError("Not enough memory. Please try to increase --mem-fraction-static. Current value: mem_fraction_static=0.001")
-    error = build_failure(RunnerSpec(model=str(tmp_path), mem_fraction=0.001), str(tmp_path), "cuda", no_room)
+    error = build_failure(_plan(RunnerSpec(model=str(tmp_path), mem_fraction=0.001), tmp_path, "cuda"), no_room)
     assert isinstance(error, SpecError)
     assert str(error).startswith("--sglang-mem-fraction 0.001: no GPU memory is left for the KV pool")
     assert "raise --sglang-mem-fraction" in str(error)

@@ -2,21 +2,22 @@
 
 import pytest
 
-from pytest_sglang_runner import mezo, sglang_compat
-from pytest_sglang_runner.limits import BatchLimitError
+from pytest_sglang_runner import mezo
+from pytest_sglang_runner.sglang_compat import batches
+from pytest_sglang_runner.errors import BatchLimitError
 
 
 def test_limits_are_read_from_the_runner(runner):
-    limits = sglang_compat.runner_limits(runner)
+    limits = batches.runner_limits(runner)
     config = runner.model_config.hf_config
     # RoBERTa's positions start after the padding index: 2 of its position rows are not for tokens.
     assert limits.max_sequence == config.max_position_embeddings - config.pad_token_id - 1
     assert limits.vocab_size == runner.model_config.vocab_size
-    assert limits.kv_slots == sglang_compat.free_kv_slots(runner) > 0 and limits.request_slots > 0
+    assert limits.kv_slots == batches.free_kv_slots(runner) > 0 and limits.request_slots > 0
 
 
 def test_the_longest_sequence_the_positions_take_runs_and_one_more_is_refused(sglang_forward, runner):
-    longest = sglang_compat.runner_limits(runner).max_sequence
+    longest = batches.runner_limits(runner).max_sequence
     assert sglang_forward([[0] + [5] * (longest - 2) + [2]]).logits[0].shape[0] == longest
     with pytest.raises(BatchLimitError, match=rf"sequence 1 has {longest + 1} tokens, but this model takes at most {longest}"):
         sglang_forward([[0, 5, 2], [0] + [5] * (longest - 1) + [2]])
@@ -30,17 +31,17 @@ def test_a_token_id_outside_the_vocabulary_is_refused(sglang_forward, runner):
 
 
 def test_more_tokens_than_the_kv_pool_names_the_option(sglang_forward, runner):
-    free = sglang_compat.free_kv_slots(runner)
-    length = sglang_compat.runner_limits(runner).max_sequence
+    free = batches.free_kv_slots(runner)
+    length = batches.runner_limits(runner).max_sequence
     count = free // length + 1
     with pytest.raises(BatchLimitError, match=rf"needs up to {count * length} KV slots .*\(--sglang-max-total-tokens {count * length}\)"):
         sglang_forward([[5] * length] * count)
-    assert sglang_compat.free_kv_slots(runner) == free  # nothing was allocated
+    assert batches.free_kv_slots(runner) == free  # nothing was allocated
 
 
 @pytest.mark.sglang(max_running_requests=4)
 def test_more_sequences_than_request_slots_names_the_option(sglang_forward, runner):
-    slots = sglang_compat.runner_limits(runner).request_slots
+    slots = batches.runner_limits(runner).request_slots
     with pytest.raises(BatchLimitError, match=rf"has {slots + 1} sequences but the runner has {slots} request slots free.*max_running_requests={slots + 1}"):
         sglang_forward([[0, 5, 2]] * (slots + 1))
     assert len(sglang_forward([[0, 5, 2]] * slots).logits) == slots
@@ -60,7 +61,7 @@ def test_generation_past_the_positions_is_refused(runner_factory):
     import torch
 
     live = runner_factory.get(model="embedded-llama", dtype="bfloat16" if torch.cuda.is_available() else "float32")
-    longest = sglang_compat.runner_limits(live.model_runner).max_sequence
+    longest = batches.runner_limits(live.model_runner).max_sequence
     assert longest == live.model_runner.model_config.context_len  # rotary positions: all of them are for tokens
     with pytest.raises(BatchLimitError, match=rf"sequence 0 has {longest - 4} tokens \+ 16 new, but this model takes at most {longest}"):
         live.forward.generate([[1] + [5] * (longest - 5)], max_new_tokens=16)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from pytest_sglang_runner.options import RunnerSpec, SpecError
+from pytest_sglang_runner.errors import SpecError
+from pytest_sglang_runner.options import RunnerSpec
 from pytest_sglang_runner.sglang_compat import server_args
 
 @pytest.fixture(scope="module", autouse=True)

@@ -130,8 +130,6 @@ def health(request, runner_factory, reference):
 @pytest.fixture
 def port_taken_after_reservation(monkeypatch):
     """A process outside the kit binds the dist port between the kit's check and SGLang's bind."""
-    from pytest_sglang_runner import lifecycle
-
     reserve, taken = ports.reserve_ports, []
 
     def reserve_then_lose_the_first(count):
@@ -143,7 +141,7 @@ def port_taken_after_reservation(monkeypatch):
             taken.append(squatter)
         return reservations
 
-    monkeypatch.setattr(lifecycle.ports, "reserve_ports", reserve_then_lose_the_first)
+    monkeypatch.setattr(ports, "reserve_ports", reserve_then_lose_the_first)
     yield taken
     for squatter in taken:
         squatter.close()
@@ -195,13 +193,13 @@ def test_closes_the_runner_itself(runner_factory, runner):
 
 @pytest.mark.sglang(max_total_tokens=2048)
 def test_leaves_the_kv_pool_full(sglang_forward, runner):
-    from pytest_sglang_runner import sglang_compat
+    from pytest_sglang_runner.sglang_compat import batches, bootstrap
 
-    limits = sglang_compat.runner_limits(runner)
+    limits = batches.runner_limits(runner)
     sequences = min(limits.request_slots, 8)
     length = min(limits.kv_slots // sequences, limits.max_sequence)
     sglang_forward.prepare([[1] * length] * sequences)
-    assert sglang_compat.free_kv_slots(runner) < length
+    assert batches.free_kv_slots(runner) < length
     assert False, "a test fails with the KV pool full"
 '''
 IN_TEST_NAMES = ["test_port_taken_after_reservation", "test_raises_with_a_prepared_batch_holding_kv", "test_raises_mid_generation_loop", "test_closes_the_runner_itself", "test_leaves_the_kv_pool_full"]
@@ -398,9 +396,9 @@ def reached(phase):
 
 
 def pytest_configure(config):
-    from pytest_sglang_runner import sglang_compat
+    from pytest_sglang_runner.sglang_compat import batches, bootstrap
 
-    build, destroy = sglang_compat.build_model_runner, sglang_compat.destroy_distributed_state
+    build, destroy = bootstrap.build_model_runner, bootstrap.destroy_distributed_state
 
     def build_then_wait(*args, **kwargs):
         runner = build(*args, **kwargs)  # weights loaded, groups up, TP peers built or building
@@ -411,7 +409,7 @@ def pytest_configure(config):
         reached("teardown")
         destroy()
 
-    sglang_compat.build_model_runner, sglang_compat.destroy_distributed_state = build_then_wait, wait_then_destroy
+    bootstrap.build_model_runner, bootstrap.destroy_distributed_state = build_then_wait, wait_then_destroy
 
 
 def pytest_collection_modifyitems(items):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from model_damage import shorten_tensor
 
-from pytest_sglang_runner.lifecycle import RunnerBuildError
+from pytest_sglang_runner.errors import RunnerBuildError
 
 BATCH = [
     [0, 570, 577, 417, 579, 18, 509, 417, 225, 4, 500, 2],
@@ -78,12 +78,12 @@ def test_fused_add_layer_norm_matches_the_unfused_ops(dtype):
 
 def test_model_call_projects_only_the_requested_rows(sglang_forward, runner):
     """A batch that names rows gets the LM head on those rows only, with the full forward's values."""
-    from pytest_sglang_runner import sglang_compat
+    from pytest_sglang_runner.sglang_compat import batches, graphs
 
-    free_before = sglang_compat.free_kv_slots(runner)
+    free_before = batches.free_kv_slots(runner)
     full = sglang_forward(BATCH).packed_logits
     rows = [3, 12, 17]
-    call = sglang_compat.ModelCall(runner, BATCH, rows)
+    call = graphs.ModelCall(runner, BATCH, rows)
     try:
         selected = call().logits
     finally:
@@ -91,7 +91,7 @@ def test_model_call_projects_only_the_requested_rows(sglang_forward, runner):
     assert selected.shape == (len(rows), full.shape[1])
     tolerance = 1e-5 if runner.device == "cpu" else 5e-3
     assert (selected.float() - full[rows].float()).abs().max().item() <= tolerance
-    assert sglang_compat.free_kv_slots(runner) == free_before  # slots given back
+    assert batches.free_kv_slots(runner) == free_before  # slots given back
 
 
 def test_texts_go_through_the_model_tokenizer(sglang_forward):
@@ -243,12 +243,12 @@ def test_every_listening_socket_is_loopback(runner_factory, tp, record_property)
 
 def test_model_call_gives_a_decoders_next_token_logits(runner_factory):
     """`ModelCall` is not masked-LM only: a decoder's direct call equals ``ModelRunner.forward``."""
-    from pytest_sglang_runner import sglang_compat
+    from pytest_sglang_runner.sglang_compat import batches, graphs
 
     live = runner_factory.get(model="embedded-llama", dtype="bfloat16" if torch.cuda.is_available() else "float32")
     prompts = [[1, 5, 6, 7], [1, 8, 9]]
     expected = live.forward(prompts).next_token_logits
-    call = sglang_compat.ModelCall(live.model_runner, prompts)
+    call = graphs.ModelCall(live.model_runner, prompts)
     try:
         assert torch.equal(call().next_token_logits, expected)
     finally:

@@ -25,7 +25,8 @@ import pytest
 import torch
 
 from pytest_sglang_runner import timeouts
-from pytest_sglang_runner.options import RunnerSpec, SpecError
+from pytest_sglang_runner.errors import SpecError
+from pytest_sglang_runner.options import RunnerSpec
 
 ON_GPU = torch.cuda.is_available()
 TP_HANG = not ON_GPU or torch.cuda.device_count() >= 2

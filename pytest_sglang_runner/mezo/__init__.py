@@ -10,7 +10,6 @@ Per-architecture parameter views (SGLang's layout under HF names) live beside th
 in `pytest_sglang_runner.models.roberta_views`.
 """
 
-from ..models.roberta_views import SGLANG_UNUSED, hf_canonical_names, roberta_hf_to_sglang, roberta_sglang_views
 from .checkpoint import Checkpoint, History
 from .noise import Shard
 from .objective import Encoded, HFMaskedLM, MaskedLM, PromptObjective, SGLangMaskedLM
@@ -27,6 +26,7 @@ from .params import (
     relative_difference,
     select_views,
 )
+from .roberta_views import SGLANG_UNUSED, hf_canonical_names, roberta_hf_to_sglang, roberta_sglang_views
 
 __all__ = [
     "SGLANG_UNUSED",

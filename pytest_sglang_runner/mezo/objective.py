@@ -70,30 +70,30 @@ class HFMaskedLM:
 class SGLangMaskedLM:
     """The runner's RobertaForMaskedLM, called the way SGLang's graph runners call a model.
 
-    Each batch is packed once (`sglang_compat.ModelCall`) and the LM head runs on its <mask>
-    rows only. ``graphs`` ("auto": where `sglang_compat.can_capture` says so): a batch whose
+    Each batch is packed once (`sglang_compat.graphs.ModelCall`) and the LM head runs on its <mask>
+    rows only. ``graphs`` ("auto": where `sglang_compat.graphs.can_capture` says so): a batch whose
     layout (sequence lengths) was seen before is captured in a CUDA graph, and later batches of
     that layout are copied into it and replayed, so MeZO's two forwards per step cost two
     launches. The last captured batch keeps its KV slots until the next layout or `close`.
     """
 
     def __init__(self, model_runner, *, graphs: str | bool = "auto"):
-        from .. import sglang_compat
-        from ..models.roberta_views import roberta_sglang_views
+        from ..sglang_compat import graphs as sglang_graphs
+        from .roberta_views import roberta_sglang_views
 
         self.runner = model_runner
         self.device = torch.device(model_runner.device)
         self._check_no_prefix_reuse()
         self.views = roberta_sglang_views(model_runner.model, model_runner.model_config.hf_config)
-        self.graphs = sglang_compat.can_capture(model_runner) if graphs == "auto" else bool(graphs)
+        self.graphs = sglang_graphs.can_capture(model_runner) if graphs == "auto" else bool(graphs)
         self._captured = None  # the ModelCall whose graph is kept
         self._seen: set[tuple[int, ...]] = set()
 
     def _check_no_prefix_reuse(self) -> None:
         # KV computed under perturbed weights must never be served from a prefix cache.
-        from .. import sglang_compat
+        from ..sglang_compat import batches
 
-        if not sglang_compat.prefix_cache_disabled(self.runner):
+        if not batches.prefix_cache_disabled(self.runner):
             raise RuntimeError(
                 "MeZO changes the weights between forwards: build the runner with disable_radix_cache=True "
                 "(e.g. @pytest.mark.sglang(disable_radix_cache=True))"
@@ -105,7 +105,8 @@ class SGLangMaskedLM:
         return None if self._captured is None else self._captured.layout
 
     def prepare(self, token_lists, mask_positions):
-        from .. import limits, sglang_compat
+        from ..runner import limits
+        from ..sglang_compat import graphs as sglang_graphs
 
         token_lists = [list(ids) for ids in token_lists]
         layout = tuple(len(ids) for ids in token_lists)
@@ -117,7 +118,7 @@ class SGLangMaskedLM:
             return self._captured
         self.close()  # one batch holds KV slots at a time
         limits.check_batch(self.runner, token_lists)
-        call = sglang_compat.ModelCall(self.runner, token_lists, rows)
+        call = sglang_graphs.ModelCall(self.runner, token_lists, rows)
         if self.graphs and layout in self._seen:
             call.capture()
             self._captured = call

@@ -1,8 +1,8 @@
 """The embedded models: written by the kit itself, offline, once per test run.
 
 ``embedded-roberta`` (the default) is a small RoBERTa masked LM; ``embedded-llama`` is a tiny
-Llama decoder (`embedded_llama`). This module writes the RoBERTa and holds what both share: the
-word lists and the tokenizer training, and `ensure_embedded_model`.
+Llama decoder (`embedded_llama`). This module writes the RoBERTa and keeps both in the cache
+(`ensure_embedded_model`); their vocabulary is in `words`.
 
 Same bytes every time for a given torch/transformers/tokenizers: the tokenizer is a byte-level
 BPE trained on a fixed word list, the weights come from one seeded generator. The checkpoint is
@@ -19,21 +19,11 @@ import hashlib
 import json
 from pathlib import Path
 
+from ..paths import models_cache_dir  # noqa: F401  (its old home; conftests import it here)
+from .words import NEGATIVE_WORDS, NEUTRAL_WORDS, POSITIVE_WORDS, train_bpe  # noqa: F401  (names tests import here)
+
 EMBEDDED_SEED = 20230617
 
-POSITIVE_WORDS = (
-    "good great wonderful excellent delightful brilliant superb charming moving beautiful "
-    "enjoyable amazing fantastic lovely touching clever funny warm gripping stunning"
-).split()
-NEGATIVE_WORDS = (
-    "bad terrible awful boring dull horrible dreadful poor weak tedious messy painful bland "
-    "lifeless annoying clumsy stale hollow silly forgettable"
-).split()
-NEUTRAL_WORDS = (
-    "the a an this that it its film movie story acting plot script ending music direction "
-    "characters cast scene scenes performance was is are and but very really quite so too "
-    "It was . , ! ? of in on with for to from as at by director actors camera year time"
-).split()
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 
 EMBEDDED_CONFIG = dict(
@@ -64,25 +54,6 @@ ROBERTA_LARGE_SHAPE = dict(
     intermediate_size=4096,
     max_position_embeddings=514,
 )
-
-
-def _corpus() -> list[str]:
-    words = POSITIVE_WORDS + NEGATIVE_WORDS + NEUTRAL_WORDS
-    # Each word alone and after a space, many times, so BPE merges every word into one token.
-    lines = []
-    for _ in range(50):
-        lines.extend(words)
-        lines.append(" " + " ".join(words))
-    return lines
-
-
-def train_bpe(special_tokens: tuple[str, ...]):
-    """A byte-level BPE trained on the fixed word list: every word is one token, same ids every time."""
-    from tokenizers import ByteLevelBPETokenizer
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(_corpus(), vocab_size=1000, min_frequency=1, special_tokens=list(special_tokens), show_progress=False)
-    return bpe
 
 
 def build_tokenizer(directory: Path):
@@ -186,11 +157,6 @@ def bytes_key() -> str:
     return "-".join(f"{package.split('-')[0]}{installed(package)}" for package in KEYED_BY).replace("+", "_")
 
 
-def models_cache_dir() -> Path:
-    """The persistent home of the embedded models (``--sglang-clear-cache`` empties it)."""
-    from ..model_dir import kit_cache_dir
-
-    return kit_cache_dir() / "models"
 
 
 def ensure_embedded_model(root: Path, name: str = "embedded-roberta") -> Path:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from .embedded import NEGATIVE_WORDS, POSITIVE_WORDS, train_bpe
+from .words import NEGATIVE_WORDS, POSITIVE_WORDS, train_bpe
 
 SEED = 20240521
 DECODER_SPECIAL_TOKENS = ("<s>", "</s>", "<unk>", "<pad>")

@@ -12,15 +12,14 @@ What it does differently from SGLang's own RoBERTa, all for speed: the embedding
 padding-aware position ids for the whole packed batch at once (SGLang's loop does one host round
 trip per sequence, so no CUDA graph can hold it; bitwise the same result); the encoder fuses each
 residual add with its LayerNorm on CUDA and skips the KV write where nothing reads it (`encode`);
-and a batch that carries ``logit_rows`` gets the LM head on those rows only (MeZO needs the
-<mask> rows).
+and a kit call whose `KitRequest` names ``rows`` gets the LM head on those rows only (MeZO needs
+the <mask> rows).
 This module imports SGLang: import it only after the version adapter has prepared the process.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Tuple
+from typing import Iterable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -32,26 +31,11 @@ from sglang.srt.model_executor.forward_batch_info import ForwardBatch
 from sglang.srt.model_loader.weight_utils import default_weight_loader
 from sglang.srt.models.roberta import XLMRobertaBaseModel
 
-from .. import sglang_compat
+from ..model_io import KitRequest, MaskedLMOutput, current_request
+from ..sglang_compat.bootstrap import tp_world_size
 from .fused import add_layer_norm
 
 ARCHITECTURE = "RobertaForMaskedLM"
-
-
-@dataclass
-class MaskedLMOutput:
-    """Per-token outputs of one packed batch: rows follow the batch's tokens in order."""
-
-    hidden_states: torch.Tensor  # [total_tokens, hidden]
-    logits: torch.Tensor  # [total_tokens, vocab], or [len(logit_rows), vocab] when the batch names rows
-    pool: Callable[[], torch.Tensor] = field(repr=False, default=None)
-
-    @property
-    def embeddings(self) -> torch.Tensor:
-        """``[batch, hidden]``: each sequence's <s> vector, L2-normalised, as SGLang's own
-        ``XLMRobertaModel`` pools; what SGLang's embedding path (``Engine.encode``,
-        ``/v1/embeddings``) reads. Computed when read: MeZO's forwards never pay for it."""
-        return self.pool()
 
 
 class RobertaLMHead(nn.Module):
@@ -66,7 +50,7 @@ class RobertaLMHead(nn.Module):
     def forward(self, hidden_states: torch.Tensor, decoder_weight: torch.Tensor, vocab_size: int) -> torch.Tensor:
         x = self.layer_norm(F.gelu(self.dense(hidden_states)))
         logits = x @ decoder_weight.t()  # this rank's slice of the (padded) vocabulary
-        if sglang_compat.tp_world_size() > 1:
+        if tp_world_size() > 1:
             logits = tensor_model_parallel_all_gather(logits)
         return logits[:, :vocab_size] + self.bias
 
@@ -88,14 +72,13 @@ def packed_embeddings(embeddings, input_ids: torch.Tensor, positions: torch.Tens
     return embeddings.LayerNorm(summed + embeddings.position_embeddings(position_ids))
 
 
-def encode(encoder, hidden_states: torch.Tensor, forward_batch: ForwardBatch) -> torch.Tensor:
+def encode(encoder, hidden_states: torch.Tensor, forward_batch: ForwardBatch, save_kv_cache: bool = True) -> torch.Tensor:
     """SGLang's ``BertEncoder`` layer by layer, through its own modules, with two things left out.
 
-    Each residual add and LayerNorm is one fused pass (`fused.add_layer_norm`), and where the
-    batch says ``skip_kv_cache_write`` (attention over k and v as given) no KV is stored: an
-    encoder batch is never extended, so nothing would read it back.
+    Each residual add and LayerNorm is one fused pass (`fused.add_layer_norm`), and without
+    ``save_kv_cache`` (the kit's request says the attention reads k and v as given) no KV is
+    stored: an encoder batch is never extended, so nothing would read it back.
     """
-    save_kv_cache = not getattr(forward_batch, "skip_kv_cache_write", False)
     for layer in encoder.layer:
         attention = layer.attention
         self_attn = attention.self_attn
@@ -127,16 +110,21 @@ class RobertaForMaskedLM(nn.Module):
         input_embeds: Optional[torch.Tensor] = None,
         get_embedding: bool = True,
     ) -> MaskedLMOutput | EmbeddingPoolerOutput:
-        """Run by the kit (``sglang_compat.per_token_outputs()``): per-token logits and hidden
-        states; by SGLang's scheduler: the pooled <s> vector, as from its ``XLMRobertaModel``."""
+        """Run by the kit (a `KitRequest` is current): per-token logits and hidden states; by
+        SGLang's scheduler: the pooled <s> vector, as from its ``XLMRobertaModel``."""
+        request = current_request()
         if input_embeds is not None:  # SGLang's path handles embeddings given from outside
             hidden_states = self.roberta(input_ids, positions, forward_batch, input_embeds, get_embedding=True)
         else:
             embedded = packed_embeddings(self.roberta.embeddings, input_ids, positions, forward_batch.token_type_ids)
-            hidden_states = encode(self.roberta.encoder, embedded, forward_batch)
-        if not sglang_compat.per_token_outputs():  # SGLang's scheduler (Engine, server): an embedding model
+            save_kv_cache = request is None or not request.skip_kv_cache_write
+            hidden_states = encode(self.roberta.encoder, embedded, forward_batch, save_kv_cache)
+        if request is None:  # SGLang's scheduler (Engine, server): an embedding model
             return self.pooler(hidden_states, forward_batch)
-        rows = getattr(forward_batch, "logit_rows", None)
+        return self._per_token(hidden_states, forward_batch, request)
+
+    def _per_token(self, hidden_states: torch.Tensor, forward_batch: ForwardBatch, request: KitRequest) -> MaskedLMOutput:
+        rows = request.rows
         decoder_weight = self.roberta.embeddings.word_embeddings.weight
         head_input = hidden_states if rows is None else hidden_states.index_select(0, rows)
         logits = self.lm_head(head_input, decoder_weight, self.config.vocab_size)

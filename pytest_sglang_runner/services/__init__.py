@@ -11,9 +11,9 @@ handlers, the start method, the event loop policy) and its ``shutdown()`` kills 
 the calling process: inside pytest that would be xdist's and the kit's TP peers.
 """
 
+from ..errors import ServiceError, ServiceRestarted
 from .engine import EngineService
-from .factory import ServiceFactory, ServiceRestarted
-from .process import ServiceError
+from .factory import ServiceFactory
 from .server import ServerService
 
 __all__ = ["EngineService", "ServerService", "ServiceError", "ServiceFactory", "ServiceRestarted"]

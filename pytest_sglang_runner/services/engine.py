@@ -14,10 +14,11 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Sequence
 
-from ..forward import Tokenized
-from ..generation import Generation, check_arguments
+from ..errors import ServiceError
+from ..results import Generation, check_arguments
 from ..sglang_compat.serving import generation_from_engine
-from .process import HostedProcess, ServiceError
+from ..tokens import Tokenized
+from .process import HostedProcess
 
 HOST_MODULE = "pytest_sglang_runner.services.engine_host"
 

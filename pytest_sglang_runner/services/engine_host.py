@@ -17,10 +17,12 @@ import sys
 import traceback
 from multiprocessing.connection import Connection
 
+from ..models import register_kit_models
 from ..sglang_compat import serving
 from .process import watch_lifeline
 
 serving.prepare_serving_process()
+register_kit_models()
 
 
 def _answer(engine, command: str, payload: dict):

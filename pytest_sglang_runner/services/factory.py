@@ -8,16 +8,14 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .. import devices, ports, timeouts
-from ..lifecycle import RunnerFactory, server_args_kwargs
+from .. import ports, timeouts
+from ..errors import ServiceError, ServiceRestarted
 from ..options import RunnerSpec
+from ..runner.factory import RunnerFactory
 from .engine import EngineService
-from .process import ServiceError
 from .server import ServerService
 
 
-class ServiceRestarted(UserWarning):
-    """A hosted Engine or server had died since the last test and was started again."""
 
 
 @dataclass
@@ -79,14 +77,13 @@ class ServiceFactory:
 
     def _kwargs(self, slot: _Slot, spec: RunnerSpec, count: int) -> tuple[dict, str]:
         """The runner's ServerArgs for ``spec`` on fresh reserved ports (the last ``count - 2`` kept for the caller)."""
-        device = devices.resolve_device(spec.device)
-        model_path = self.runners.model_path(spec)
+        plan = self.runners.plan(spec)
         slot.reservations = ports.reserve_ports(count)
         dist_port, internal_port = (r.port for r in slot.reservations[:2])
-        kwargs = server_args_kwargs(spec, model_path, device, dist_port, internal_port)
-        if device == "cuda":
-            kwargs["base_gpu_id"] = devices.gpu_ids_for_worker(self.runners.worker_index, spec.tp)[0]
-        return kwargs, device
+        kwargs = plan.server_args(dist_port, internal_port)
+        if plan.device == "cuda":
+            kwargs["base_gpu_id"] = plan.gpu_ids[0]
+        return kwargs, plan.device
 
     def _start_engine(self, slot: _Slot, spec: RunnerSpec, limit: float) -> EngineService:
         kwargs, device = self._kwargs(slot, spec, 2)

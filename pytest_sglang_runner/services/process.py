@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..errors import ServiceError
 from ..sglang_compat.serving import SERVING_DEVICE_ENV
 
 LIFELINE_ENV = "PYTEST_SGLANG_LIFELINE_FD"  # a pipe the pytest process holds open while it lives
@@ -25,8 +26,6 @@ POLL_S = 0.2
 TERMINATE_WAIT_S = 10.0  # for a SIGTERMed host to exit, and for its killed group to be gone
 
 
-class ServiceError(RuntimeError):
-    """An Engine or server the kit hosts failed to start, died, or did not answer in time."""
 
 
 class HostedProcess:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
-from ..forward import Tokenized
-from ..generation import Generation, check_arguments
+from ..errors import ServiceError
 from ..ports import PortReservation
+from ..results import Generation, check_arguments
 from ..sglang_compat.serving import completion_request, generations_from_completion
-from .process import HostedProcess, ServiceError
+from ..tokens import Tokenized
+from .process import HostedProcess
 
 HOST_MODULE = "pytest_sglang_runner.services.server_host"
 HEALTH_TIMEOUT_S = 2.0  # one /health request while waiting for the server

@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import sys
 
+from ..models import register_kit_models
+from ..sglang_compat import serving
+from ..sglang_compat.server_args import make_server_args
 from .process import watch_lifeline
-from ..sglang_compat import make_server_args, serving
 
 serving.prepare_serving_process()
+register_kit_models()
 
 if __name__ == "__main__":
     watch_lifeline()

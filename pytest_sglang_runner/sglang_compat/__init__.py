@@ -10,73 +10,8 @@
 - `serving`: SGLang's own Engine and server hosted by the kit (the shims in every process SGLang
   spawns there, requests in and answers out in the kit's types).
 
-The rest of the kit imports from here, never from SGLang's batch or bootstrap modules directly.
+The rest of the kit imports these modules by name (``from ..sglang_compat import batches``),
+never SGLang's batch or bootstrap modules directly. This package imports nothing of the kit but
+its leaf modules (`errors`, `results`, `model_io`, `paths`): the kit registers its models and
+builds its runner from above.
 """
-
-from .batches import (
-    GreedyBatch,
-    Limits,
-    PackedBatch,
-    Step,
-    free_kv,
-    free_kv_slots,
-    kit_call,
-    pack_batch,
-    per_token_outputs,
-    prefix_cache_disabled,
-    run_packed,
-    runner_limits,
-)
-from .bootstrap import barrier, build_model_runner, destroy_distributed_state, tp_world_size
-from .graphs import CAPTURABLE_BACKENDS, ModelCall, can_capture
-from .process import (
-    SUPPORTED_VERSIONS,
-    UnsupportedSGLang,
-    detect_api,
-    import_sglang,
-    installed_version,
-    prepare_process,
-    supported_architectures,
-    uses_cpu_engine,
-)
-from .server_args import check_attention_backend, make_server_args, resolved, typed_server_args
-from .shims import cpu_less_op, cpu_native_layers, fill_config_gaps, kv_pool_does_not_fit, refused_dtype
-
-__all__ = [
-    "CAPTURABLE_BACKENDS",
-    "SUPPORTED_VERSIONS",
-    "GreedyBatch",
-    "Limits",
-    "ModelCall",
-    "PackedBatch",
-    "Step",
-    "UnsupportedSGLang",
-    "barrier",
-    "build_model_runner",
-    "can_capture",
-    "check_attention_backend",
-    "cpu_less_op",
-    "cpu_native_layers",
-    "destroy_distributed_state",
-    "detect_api",
-    "fill_config_gaps",
-    "free_kv",
-    "free_kv_slots",
-    "import_sglang",
-    "kit_call",
-    "installed_version",
-    "kv_pool_does_not_fit",
-    "make_server_args",
-    "pack_batch",
-    "per_token_outputs",
-    "prefix_cache_disabled",
-    "prepare_process",
-    "refused_dtype",
-    "resolved",
-    "run_packed",
-    "runner_limits",
-    "supported_architectures",
-    "tp_world_size",
-    "typed_server_args",
-    "uses_cpu_engine",
-]

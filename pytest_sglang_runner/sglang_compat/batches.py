@@ -12,13 +12,12 @@ prompt, the sampler's for the output), read back into plain Python here.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import types
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
+from ..model_io import kit_request
 from .server_args import resolved
 
 
@@ -149,29 +148,10 @@ def pack_batch(runner, token_lists: Sequence[Sequence[int]], capture_hidden: boo
     return PackedBatch(batch, forward_batch)
 
 
-_KIT_CALL = contextvars.ContextVar("pytest_sglang_runner_kit_call", default=False)
-
-
-@contextlib.contextmanager
-def kit_call() -> Iterator[None]:
-    """While the kit itself runs the model (not SGLang's scheduler): its models answer per token.
-    A flag beside the batch, not on it: ``ModelRunner.forward`` copies the batch's fields only."""
-    token = _KIT_CALL.set(True)
-    try:
-        yield
-    finally:
-        _KIT_CALL.reset(token)
-
-
-def per_token_outputs() -> bool:
-    """Whether the model is being run by the kit (`kit_call`): the kit's masked LM then returns
-    per-token logits and hidden states, else (Engine, server) SGLang's pooled embedding."""
-    return _KIT_CALL.get()
-
-
 def run_packed(runner, packed: PackedBatch):
-    """The model's raw output for a packed batch (LogitsProcessorOutput, EmbeddingPoolerOutput, ...)."""
-    with kit_call():
+    """The model's raw output for a packed batch, run as a kit call (`model_io.kit_request`):
+    LogitsProcessorOutput (generative models), the kit's MaskedLMOutput, or EmbeddingPoolerOutput."""
+    with kit_request():
         output = runner.forward(packed.forward_batch)
     return getattr(output, "logits_output", output)
 

@@ -20,7 +20,8 @@ import contextlib
 import inspect
 from typing import Any, Sequence
 
-from .batches import free_kv, kit_call, pack_batch
+from ..model_io import KitRequest, kit_request
+from .batches import free_kv, pack_batch
 
 # Attention backends whose planned extend forward was checked to be capturable (SGLang 0.5.17).
 CAPTURABLE_BACKENDS = ("TritonAttnBackend",)
@@ -67,9 +68,9 @@ def _forward_context(runner, forward_batch):
 class ModelCall:
     """A packed extend batch and the model call on it; `capture` turns the call into a graph replay.
 
-    ``rows`` (optional): the packed rows whose outputs the model should project (the kit's masked
-    LM reads them from the batch as ``logit_rows``); a static tensor like the inputs. The batch
-    also says ``skip_kv_cache_write`` where the backend attends over k and v as given.
+    ``rows`` (optional): the packed rows whose outputs the model should project; a static tensor
+    like the inputs. Both travel in the call's `KitRequest`, which also says
+    ``skip_kv_cache_write`` where the backend attends over k and v as given.
     """
 
     def __init__(self, runner, token_lists: Sequence[Sequence[int]], rows: Sequence[int] | None = None):
@@ -79,12 +80,9 @@ class ModelCall:
         self.layout = tuple(len(ids) for ids in token_lists)
         self.packed = pack_batch(runner, token_lists)
         self.forward_batch = self.packed.forward_batch
-        self.rows = None
-        if rows is not None:
-            self.rows = torch.tensor(list(rows), dtype=torch.long, device=runner.device)
-            self.forward_batch.logit_rows = self.rows
-        # Read by the kit's models (the batch is never extended, so its KV is never read back).
-        self.forward_batch.skip_kv_cache_write = attention_takes_kv_directly(runner)
+        self.rows = None if rows is None else torch.tensor(list(rows), dtype=torch.long, device=runner.device)
+        # The batch is never extended, so its KV is never read back.
+        self.request = KitRequest(rows=self.rows, skip_kv_cache_write=attention_takes_kv_directly(runner))
         self.graph = None
         self.output: Any = None
         self._plan = None  # the backend's plan for this batch, when it is the backend's current one
@@ -101,7 +99,7 @@ class ModelCall:
     def _call(self):
         fb = self.forward_batch
         kwargs = {} if self.runner.is_generation else {"get_embedding": True}
-        with _forward_context(self.runner, fb), kit_call():
+        with _forward_context(self.runner, fb), kit_request(self.request):
             return self.runner.model.forward(fb.input_ids, fb.positions, fb, **kwargs)
 
     def __call__(self):

@@ -7,6 +7,8 @@ import importlib
 import inspect
 import os
 
+from ..errors import UnsupportedSGLang
+
 SUPPORTED_VERSIONS = {
     "0.5.17": "runner-builds-groups",
     "0.5.23": "caller-builds-groups",
@@ -28,8 +30,6 @@ _IMPORTED_ON_A_CLEAN_STACK = (
 )
 
 
-class UnsupportedSGLang(RuntimeError):
-    """The installed SGLang's API is not one the kit knows how to bootstrap."""
 
 
 def prepare_process(device: str) -> None:
@@ -73,9 +73,16 @@ def installed_version() -> str:
     try:
         return version("sglang")
     except PackageNotFoundError:
-        raise UnsupportedSGLang(
-            f"SGLang is not installed; pip install 'sglang' (supported: {', '.join(SUPPORTED_VERSIONS)})"
-        ) from None
+        raise UnsupportedSGLang(_not_installed()) from None
+
+
+def _not_installed() -> str:
+    import sys
+
+    return (
+        f"SGLang is not installed for {sys.executable}; pip install 'sglang=={list(SUPPORTED_VERSIONS)[-1]}' "
+        f"(supported: {', '.join(SUPPORTED_VERSIONS)}), or skip the runner tests with --sglang-skip"
+    )
 
 
 def detect_api() -> str:
@@ -125,7 +132,10 @@ def import_sglang() -> None:
     thread.start()
     thread.join()
     if errors:
-        raise errors[0]
+        error = errors[0]
+        if isinstance(error, ModuleNotFoundError) and error.name == "sglang":
+            raise UnsupportedSGLang(_not_installed()) from None
+        raise error
 
 
 def supported_architectures() -> set[str]:

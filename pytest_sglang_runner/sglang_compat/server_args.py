@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..options import SpecError
-from .process import UnsupportedSGLang, installed_version
+from ..errors import SpecError, UnsupportedSGLang
+from ..paths import kit_cache_dir
+from .process import installed_version
 
 
 def _type_tag(annotation: Any) -> str:
@@ -64,8 +65,6 @@ class Schema:
 
 
 def _schema_cache_path(version: str) -> Path:
-    from ..model_dir import kit_cache_dir
-
     return kit_cache_dir() / f"server-args-{version}.json"
 
 

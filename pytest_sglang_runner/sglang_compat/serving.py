@@ -4,8 +4,8 @@ The kit runs both in a process of their own (`pytest_sglang_runner.services`), s
 ``python -m <host module>``. SGLang spawns its scheduler and detokenizer from that process, and a
 spawned child imports its parent's main module (as ``__mp_main__``) before anything else: so the
 host module calls `prepare_serving_process` at import, and every SGLang process of the Engine or
-server gets what a runner build gets in the kit's own process (the CPU shims, the kit's model
-classes, the config gaps filled).
+server gets what a runner build gets in the kit's own process (the CPU shims, the config gaps
+filled); the host module registers the kit's model classes after it.
 
 The rest turns the kit's requests (token lists, greedy decoding with top-k logprobs) into
 SGLang's request objects and SGLang's answers back into the kit's `Generation`.
@@ -17,6 +17,7 @@ import functools
 import os
 from typing import Any, Sequence
 
+from ..results import Generation, TokenLogprob
 from .process import prepare_process
 from .server_args import server_arg_fields
 from .shims import fill_config_gaps, use_cpu_native_layers, use_loopback_rendezvous
@@ -31,9 +32,6 @@ def prepare_serving_process() -> None:
     use_cpu_native_layers(device)  # for the life of the process: it builds one model
     use_loopback_rendezvous()  # the scheduler's dist rendezvous would listen on every interface
     _fill_config_gaps_on_load()
-    from ..models import register_kit_models
-
-    register_kit_models()
 
 
 def _fill_config_gaps_on_load() -> None:
@@ -112,8 +110,6 @@ def _finish_reason(kind: str | None) -> str | None:
 
 
 def _token_logprob(entry, top) -> "Any":
-    from ..generation import TokenLogprob
-
     logprob, token_id = entry[0], entry[1]
     ranked = {int(t[1]): float(t[0]) for t in (top or ())}
     return TokenLogprob(int(token_id), float(logprob), ranked)
@@ -121,8 +117,6 @@ def _token_logprob(entry, top) -> "Any":
 
 def generation_from_engine(prompt_ids: Sequence[int], answer: dict):
     """One ``Engine.generate`` answer (``meta_info`` with ``(logprob, token_id, text)`` triples) as a `Generation`."""
-    from ..generation import Generation
-
     meta = answer["meta_info"]
     result = Generation(prompt_ids=list(prompt_ids), output_ids=[int(t) for t in answer["output_ids"]], text=answer.get("text"))
     result.finish_reason = _finish_reason((meta.get("finish_reason") or {}).get("type"))
@@ -166,8 +160,6 @@ def generations_from_completion(token_lists, answer: dict, tokenizer) -> list:
     """A ``/v1/completions`` answer (see `completion_request`) as one `Generation` per prompt. Its
     top-k is keyed by token text: those become ids through the tokenizer, and tokens that read the
     same collapse into one entry."""
-    from ..generation import Generation, TokenLogprob
-
     ids_of = _texts_to_ids(tokenizer)
     results = []
     for prompt_ids, choice in zip(token_lists, sorted(answer["choices"], key=lambda c: c["index"])):

@@ -189,7 +189,7 @@ def mezo_trajectory(ctx, steps: int, seed: int, eps: float) -> dict:
     Everything comes from ``ctx``; the runner's weights are put back afterwards."""
     from transformers import AutoTokenizer
 
-    from pytest_sglang_runner import sst2
+    from pytest_sglang_runner.mezo import sst2
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model, two ranks on two cores (see conftest's _one_thread)

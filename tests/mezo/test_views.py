@@ -57,7 +57,7 @@ def test_mapping_names():
 
 def test_runner_mask_logits_match_hf(runner_lm, fresh_hf, prompt, synthetic_glue):
     """The embedded HF RobertaForMaskedLM checkpoint through the runner gives HF's <mask> logits."""
-    from pytest_sglang_runner import sst2
+    from pytest_sglang_runner.mezo import sst2
 
     examples = prompt.encode_all(sst2.read_tsv(synthetic_glue / "dev.tsv")[:16])
     hf_lm = mezo.HFMaskedLM(fresh_hf())

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from . import sglang_compat
+from ..errors import BatchLimitError
+from ..sglang_compat import batches
 
 
-class BatchLimitError(ValueError):
-    """A batch this runner cannot take; the message says which limit and what to change."""
 
 
 def check_batch(runner, token_lists: Sequence[Sequence[int]], new_tokens_per_sequence: int = 0) -> None:
     if not token_lists or any(len(ids) == 0 for ids in token_lists):
         raise BatchLimitError("empty batch or empty sequence: every sequence needs at least one token")
-    limits = sglang_compat.runner_limits(runner)
+    limits = batches.runner_limits(runner)
     if len(token_lists) > limits.request_slots:
         raise BatchLimitError(
             f"this batch has {len(token_lists)} sequences but the runner has {limits.request_slots} request slots free; "

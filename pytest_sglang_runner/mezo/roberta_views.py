@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..mezo.noise import Shard
-from ..mezo.params import ParamView
+from .noise import Shard
+from .params import ParamView
 
 _QKV = {"query": 0, "key": 1, "value": 2}
 
@@ -60,9 +60,9 @@ def roberta_sglang_views(model: torch.nn.Module, hf_config=None) -> list[ParamVi
     parameters (LayerNorms, position and token-type embeddings, row-parallel biases, the LM
     head's dense, layer norm and bias) are whole on every rank and carry no shard.
     """
-    from .. import sglang_compat
+    from ..sglang_compat.bootstrap import tp_world_size
 
-    tp_size = sglang_compat.tp_world_size()
+    tp_size = tp_world_size()
     config = hf_config if hf_config is not None else model.config
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())

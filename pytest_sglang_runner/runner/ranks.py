@@ -1,6 +1,6 @@
 """Code on every TP rank at once: the every-rank test mode and `LiveRunner.on_every_rank`.
 
-Rank 0 is the pytest process; ranks 1.. are the runner's peer processes (`lifecycle.RankPeers`).
+Rank 0 is the pytest process; ranks 1.. are the runner's peer processes (`peers.RankPeers`).
 A call names a module-level function (`FunctionRef`, importable in the peers), sends it to every
 peer, runs it on rank 0, and gathers each rank's outcome. A rank that fails, exits, is killed or
 does not finish in time ends the call for all: while rank 0 still runs, the peers are stopped (a
@@ -27,8 +27,6 @@ PEER_GRACE_S = 2.0  # after rank 0 or a peer fails: how long the others get to f
 RANK_FIXTURES = frozenset({"runner", "sglang_forward", "sglang_live", "sglang_rank"})
 
 
-class RankFailure(Exception):
-    """A rank failed, exited, was killed or did not finish; the message names each such rank."""
 
 
 @dataclass

@@ -8,23 +8,14 @@ the original exception stays on ``__cause__``, which the fixtures print with ``-
 from __future__ import annotations
 
 import errno
-import json
 import traceback
-from pathlib import Path
 
-from . import sglang_compat
-from .options import RunnerSpec, SpecError
-
-
-class RunnerBuildError(RuntimeError):
-    """Building the runner failed; everything it had set up was torn down again."""
+from ..errors import RunnerBuildError, SpecError
+from ..options import RunnerSpec
+from ..sglang_compat import process, shims
+from .plan import BuildPlan
 
 
-def model_config(model_path: str) -> dict:
-    try:
-        return json.loads((Path(model_path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def one_line(exc: BaseException) -> str:
@@ -86,29 +77,29 @@ def _unknown_model_type(config: dict) -> str | None:
     return None if model_type in CONFIG_MAPPING else str(model_type)
 
 
-def build_failure(spec: RunnerSpec, model_path: str, device: str, exc: BaseException) -> Exception:
+def build_failure(plan: BuildPlan, exc: BaseException) -> Exception:
     """The error to show for `exc`: a SpecError naming the option to change where one is to blame,
     else a RunnerBuildError naming the architecture, the SGLang version and SGLang's own message."""
-    version = sglang_compat.installed_version()
-    config = model_config(model_path)
-    names = list(config.get("architectures") or [])
+    spec, device, config = plan.spec, plan.device, plan.config
+    version = process.installed_version()
+    names = plan.architectures
     architecture = ", ".join(names) or "the model"
     model_flag = f"--sglang-model {spec.model}"
     cause = one_line(_innermost(exc))
-    refused = sglang_compat.refused_dtype(exc)
+    refused = shims.refused_dtype(exc)
     if refused is not None and device == "cuda":
         dtype_flag = f"--sglang-dtype {spec.dtype}" if spec.dtype != "auto" else f"--sglang-dtype auto (the checkpoint's {refused})"
         return SpecError(
             f"{dtype_flag}: SGLang {version}'s CUDA kernels for {architecture} have no {refused} path "
             f"({cause}); use --sglang-dtype bfloat16 (or float16), or --sglang-device cpu for {refused}"
         )
-    op = sglang_compat.cpu_less_op(exc)
+    op = shims.cpu_less_op(exc)
     if op is not None and device == "cpu":
         return SpecError(
             f"--sglang-device cpu: this SGLang {version} install has no CPU kernel for {op} (its CUDA build), so a CPU "
             "runner cannot run; use --sglang-device cuda here, or run CPU tests where SGLang is installed without CUDA"
         )
-    if sglang_compat.kv_pool_does_not_fit(exc):
+    if shims.kv_pool_does_not_fit(exc):
         return SpecError(
             f"{mem_fraction_flag(spec)}: no GPU memory is left for the KV pool ({cause}); raise "
             "--sglang-mem-fraction (e.g. 0.5), or free the memory other processes hold on this GPU"
@@ -123,7 +114,7 @@ def build_failure(spec: RunnerSpec, model_path: str, device: str, exc: BaseExcep
             f"{model_flag}: config.json's model_type {model_type!r} is unknown to transformers {transformers.__version__}, "
             "which SGLang reads every config with; correct model_type, or install a transformers that has it"
         )
-    unknown = [name for name in names if name not in sglang_compat.supported_architectures()]
+    unknown = [name for name in names if name not in process.supported_architectures()]
     if unknown:
         return SpecError(
             f"{model_flag}: SGLang {version} registers no model class {', '.join(unknown)} and its Transformers fallback "

@@ -1,0 +1,13 @@
+"""Where the plugin keeps its per-run objects: on the pytest config's stash, under these keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from ..runner.factory import RunnerFactory
+from ..services import ServiceFactory
+from .settings import FactoryFixtures
+
+factory_key = pytest.StashKey[RunnerFactory]()
+services_key = pytest.StashKey[ServiceFactory]()
+factory_fixtures_key = pytest.StashKey[FactoryFixtures]()
