@@ -4,10 +4,12 @@
 - `noise`: z as a pure function of (seed, parameter, element), the fused passes (`triton_kernels`);
 - `params`: parameter views (with their `Shard` under TP) and the flat fp32 masters;
 - `objective`: the masked-LM scorers (HF, runner) and the prompt objective;
-- `checkpoint`: checkpoints that replay bitwise, training history.
+- `checkpoint`: checkpoints that replay bitwise, training history;
+- `roberta_views`: SGLang's RobertaForMaskedLM tensors under HF names (per architecture);
+- `sst2`: the MeZO paper's SST-2 prompt, data layouts and protocol.
 
-Per-architecture parameter views (SGLang's layout under HF names) live beside the model classes,
-in `pytest_sglang_runner.models.roberta_views`.
+May import: the leaf modules, the version adapter, the models and the runner. Never the plugin
+or the services.
 """
 
 from .checkpoint import Checkpoint, History

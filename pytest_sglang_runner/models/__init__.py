@@ -1,4 +1,9 @@
-"""Models the kit brings: the embedded default checkpoint and SGLang classes SGLang lacks."""
+"""Models the kit brings: the embedded checkpoints it writes (`embedded`, `embedded_llama`, their
+vocabulary in `words`) and model classes SGLang lacks (`roberta_mlm`, with `fused` kernels).
+
+May import: the leaf modules and the version adapter (`sglang_compat`); `roberta_mlm` imports
+SGLang itself, so only a build imports it (`register_kit_models`). Never the runner or above.
+"""
 
 KIT_ARCHITECTURES = ("RobertaForMaskedLM",)
 

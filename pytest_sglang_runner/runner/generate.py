@@ -1,7 +1,7 @@
 """Greedy generation on the runner, into the result type it shares with the HF reference.
 
 `generate` runs prompts of any lengths as one extend batch and then decode steps through
-``ModelRunner.forward`` (the scheduler's own preparation, `sglang_compat.batches.GreedyBatch`), stops each
+``ModelRunner.forward`` (the scheduler's own preparation, `sglang_compat.decoding.GreedyBatch`), stops each
 sequence at its EOS, a stop token or ``max_new_tokens``, gives every KV slot back, and returns one
 `Generation` per prompt. `reference.HFRunner.generate` returns the same type from transformers,
 so `compare.assert_logprobs_close(ours, theirs)` compares the two.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..results import Generation, TokenLogprob, check_arguments
-from ..sglang_compat import batches
+from ..sglang_compat import batches, decoding
 from . import limits
 
 
@@ -38,7 +38,7 @@ def generate(
         for result in results:
             result.output_logprobs = []
     try:
-        batch = batches.GreedyBatch(
+        batch = decoding.GreedyBatch(
             runner, token_lists, max_new_tokens=max_new_tokens, top_logprobs=top_logprobs, stop_token_ids=stop_token_ids, ignore_eos=ignore_eos
         )
         prompt_step = True

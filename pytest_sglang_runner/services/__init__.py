@@ -9,6 +9,9 @@
 Both run in processes of their own because an Engine changes process-global state (signal
 handlers, the start method, the event loop policy) and its ``shutdown()`` kills every child of
 the calling process: inside pytest that would be xdist's and the kit's TP peers.
+
+May import: the leaf modules, the version adapter, the settings and process helpers, the models
+and the runner (a service is configured like a runner: `runner.plan`). Never the plugin or MeZO.
 """
 
 from ..errors import ServiceError, ServiceRestarted

@@ -5,7 +5,8 @@
 - `bootstrap`: one rank's ModelRunner built in the order this SGLang needs, and torn down;
 - `shims`: what a plain install cannot run as it stands (CPU layers, dropped config attributes,
   kernels without a dtype) and what the kit does about it;
-- `batches`: extend batches and greedy decode steps through the scheduler's own preparation;
+- `batches`: extend batches through the scheduler's own preparation, the runner's limits and KV pool;
+- `decoding`: greedy decode steps as the scheduler runs them;
 - `graphs`: one extend batch straight through ``runner.model``, eager or as a CUDA graph;
 - `serving`: SGLang's own Engine and server hosted by the kit (the shims in every process SGLang
   spawns there, requests in and answers out in the kit's types).
