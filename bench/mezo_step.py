@@ -210,8 +210,8 @@ def main() -> None:
     import torch
 
     from pytest_sglang_runner import mezo
-    from pytest_sglang_runner.runner import RunnerFactory
     from pytest_sglang_runner.options import RunnerSpec
+    from pytest_sglang_runner.runner import RunnerFactory
 
     shapes = parse_shapes(args.shapes) or [(args.batch, args.seq)]
     if args.roberta_large_random:

@@ -34,7 +34,7 @@ def report(paths) -> list[str]:
     totals = defaultdict(float)
     cli_tried = cli_clear = 0
     sigint = []
-    for name, passed, skipped, properties in cases(paths):
+    for _name, passed, skipped, properties in cases(paths):
         if skipped:
             continue
         if "bad_input" in properties:

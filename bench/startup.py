@@ -101,8 +101,8 @@ def engine_child(model: str) -> None:
     import sglang
 
     from pytest_sglang_runner import ports
-    from pytest_sglang_runner.runner import RunnerFactory
     from pytest_sglang_runner.paths import models_cache_dir
+    from pytest_sglang_runner.runner import RunnerFactory
 
     spec = _spec(model)
     plan = RunnerFactory(spec, cache_root=models_cache_dir()).plan()
@@ -127,8 +127,8 @@ def engine_ready(model: str, repeats: int) -> list[float]:
 
 
 def kit_service_ready(model: str, repeats: int, which: str) -> list[float]:
-    from pytest_sglang_runner.runner import RunnerFactory
     from pytest_sglang_runner.paths import models_cache_dir
+    from pytest_sglang_runner.runner import RunnerFactory
     from pytest_sglang_runner.services import ServiceFactory
 
     times = []
@@ -170,9 +170,8 @@ def reuse_overhead(model: str, tests: int) -> dict:
 
 
 def machine() -> str:
-    import torch
-
     import sglang
+    import torch
 
     if torch.cuda.is_available():
         card = torch.cuda.get_device_name(0)

@@ -199,7 +199,7 @@ class RunnerSpec:
     def uses_embedded_model(self) -> bool:
         return self.model in EMBEDDED_MODELS
 
-    def with_overrides(self, **overrides: Any) -> "RunnerSpec":
+    def with_overrides(self, **overrides: Any) -> RunnerSpec:
         """A copy with marker/factory overrides applied; unknown keys go to ServerArgs, and the
         run's own settings (``timeout``) are checked and left out."""
         known = {f.name for f in dataclasses.fields(self)} - {"server_args"}

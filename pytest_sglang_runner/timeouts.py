@@ -25,7 +25,8 @@ import time
 import traceback
 from typing import Any, Callable, Mapping
 
-from .errors import HOW_TO_RAISE_TIMEOUT as HOW_TO_RAISE, SGLangTimeout
+from .errors import HOW_TO_RAISE_TIMEOUT as HOW_TO_RAISE
+from .errors import SGLangTimeout
 from .options import OPTIONS_BY_FIELD
 
 DEFAULT_SECONDS = 300.0
@@ -213,7 +214,7 @@ class deadline:
         self._armed: _Deadline | None = None
         self._outer: _Deadline | None = None
 
-    def __enter__(self) -> "deadline":
+    def __enter__(self) -> deadline:
         global _current
         self._outer = _current
         if not self.seconds or (self._outer is not None and self._outer.state == "armed"):

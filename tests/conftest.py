@@ -14,6 +14,7 @@ for _name in ("torch", "torchvision", "transformers", "transformers.generation")
     except ImportError:
         pass
 
+import pytest  # noqa: E402
 from transformers import (  # noqa: E402,F401  (the model classes the tests build)
     BertModel,
     Gemma2ForCausalLM,
@@ -24,9 +25,6 @@ from transformers import (  # noqa: E402,F401  (the model classes the tests buil
     Qwen3ForCausalLM,
     RobertaForMaskedLM,
 )
-
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import pytest
 import torch
 
-from pytest_sglang_runner.errors import RunnerBuildError
+from pytest_sglang_runner.errors import RunnerBuildError, SpecError
+from pytest_sglang_runner.options import RunnerSpec
 from pytest_sglang_runner.runner.build_errors import build_failure
 from pytest_sglang_runner.runner.plan import BuildPlan, model_config, resolve_dtype
-from pytest_sglang_runner.errors import SpecError
-from pytest_sglang_runner.options import RunnerSpec
 from pytest_sglang_runner.sglang_compat.process import installed_version
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128)

@@ -2,7 +2,13 @@
 
 import pytest
 
-from pytest_sglang_runner import Generation, TokenLogprob, assert_logprobs_close, assert_tokens_equal, logprob_mismatches
+from pytest_sglang_runner import (
+    Generation,
+    TokenLogprob,
+    assert_logprobs_close,
+    assert_tokens_equal,
+    logprob_mismatches,
+)
 
 
 def entry(token, top):

@@ -18,9 +18,8 @@ import torch
 
 from pytest_sglang_runner import devices
 from pytest_sglang_runner.compare import assert_logprobs_close, assert_tokens_equal, max_logprob_differences
-from pytest_sglang_runner.errors import RunnerBuildError
-from pytest_sglang_runner.models.embedded_llama import build_decoder_tokenizer
 from pytest_sglang_runner.errors import SpecError
+from pytest_sglang_runner.models.embedded_llama import build_decoder_tokenizer
 from pytest_sglang_runner.reference import HFRunner
 
 # Different lengths; the embedded decoder ends some early with EOS.

@@ -3,8 +3,8 @@
 import pytest
 
 from pytest_sglang_runner import mezo
-from pytest_sglang_runner.sglang_compat import batches
 from pytest_sglang_runner.errors import BatchLimitError
+from pytest_sglang_runner.sglang_compat import batches
 
 
 def test_limits_are_read_from_the_runner(runner):

@@ -6,6 +6,7 @@ from pytest_sglang_runner.errors import SpecError
 from pytest_sglang_runner.options import RunnerSpec
 from pytest_sglang_runner.sglang_compat import server_args
 
+
 @pytest.fixture(scope="module", autouse=True)
 def sglang_server_args_imported():
     """In-process inner runs drop modules they imported; torch must not be imported twice."""

@@ -20,7 +20,6 @@ import pytest
 import torch
 from model_damage import shorten_tensor
 
-
 ON_GPU = torch.cuda.is_available()
 DTYPE_ARGS = ["--sglang-dtype=bfloat16"] if ON_GPU else []  # the CUDA RMSNorm has no float32 kernel
 INNER_ARGS = ["-p", "no:cacheprovider", "-W", "ignore", *DTYPE_ARGS]
@@ -253,7 +252,7 @@ def test_build_errors_are_short_and_every_fault_leaves_the_session_healthy(pytes
     entries = {entry["name"]: entry for entry in map(json.loads, record.read_text().splitlines())}
 
     unclear, unhealthy = [], []
-    for name, kind, _, words in BUILD_CASES:
+    for name, _kind, _, words in BUILD_CASES:
         entry = entries.get(f"test_{name}", {"outcome": "missing", "message": "", "health": {}})
         lines = _message_lines(entry["message"])
         if entry["outcome"] != "setup failed" or len(lines) > 2 or not all(word in entry["message"] for word in words):

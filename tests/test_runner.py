@@ -243,7 +243,7 @@ def test_every_listening_socket_is_loopback(runner_factory, tp, record_property)
 
 def test_model_call_gives_a_decoders_next_token_logits(runner_factory):
     """`ModelCall` is not masked-LM only: a decoder's direct call equals ``ModelRunner.forward``."""
-    from pytest_sglang_runner.sglang_compat import batches, graphs
+    from pytest_sglang_runner.sglang_compat import graphs
 
     live = runner_factory.get(model="embedded-llama", dtype="bfloat16" if torch.cuda.is_available() else "float32")
     prompts = [[1, 5, 6, 7], [1, 8, 9]]

@@ -27,7 +27,7 @@ class Checkpoint:
         Path(path).write_text(json.dumps(asdict(self)))  # floats round-trip exactly through repr
 
     @classmethod
-    def load(cls, path: Path) -> "Checkpoint":
+    def load(cls, path: Path) -> Checkpoint:
         data = json.loads(Path(path).read_text())
         data["steps"] = [(int(s), float(g)) for s, g in data["steps"]]
         return cls(**data)

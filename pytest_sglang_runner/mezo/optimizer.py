@@ -154,8 +154,8 @@ class MeZO:
         batch_size: int = 64,
         eval_examples: Sequence | None = None,
         eval_every: int | None = None,
-        on_eval: Callable[["MeZO"], None] | None = None,
-        until: Callable[["MeZO"], bool] | None = None,
+        on_eval: Callable[[MeZO], None] | None = None,
+        until: Callable[[MeZO], bool] | None = None,
         progress: bool = False,
         data_seed: int = 0,
     ) -> History:

@@ -93,10 +93,10 @@ def read_tsv(path: Path) -> list[Example]:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     header, body = rows[0], rows[1:]
     try:
-        s, l = header.index("sentence"), header.index("label")
+        sentence, label = header.index("sentence"), header.index("label")
     except ValueError:
         raise ValueError(f"{path}: header {header!r} lacks 'sentence' and 'label' columns") from None
-    return [Example(row[s], int(row[l])) for row in body if row]
+    return [Example(row[sentence], int(row[label])) for row in body if row]
 
 
 def write_tsv(path: Path, examples: Sequence[Example]) -> Path:
@@ -206,7 +206,7 @@ def write_synthetic_kshot(root: Path, ks: Sequence[int] = (16,), seeds: Sequence
 
 
 def run_kshot(
-    make_optimizer: Callable[[], "object"],
+    make_optimizer: Callable[[], object],
     prompt: SST2Prompt,
     root: Path,
     k: int,

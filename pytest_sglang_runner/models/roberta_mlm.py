@@ -19,17 +19,16 @@ This module imports SGLang: import it only after the version adapter has prepare
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Tuple
+from typing import Iterable
 
 import torch
-from torch import nn
 import torch.nn.functional as F
-
 from sglang.srt.distributed.communication_op import tensor_model_parallel_all_gather
 from sglang.srt.layers.pooler import EmbeddingPoolerOutput, Pooler, PoolingType
 from sglang.srt.model_executor.forward_batch_info import ForwardBatch
 from sglang.srt.model_loader.weight_utils import default_weight_loader
 from sglang.srt.models.roberta import XLMRobertaBaseModel
+from torch import nn
 
 from ..model_io import KitRequest, MaskedLMOutput, current_request
 from ..sglang_compat.bootstrap import tp_world_size
@@ -107,7 +106,7 @@ class RobertaForMaskedLM(nn.Module):
         input_ids: torch.Tensor,
         positions: torch.Tensor,
         forward_batch: ForwardBatch,
-        input_embeds: Optional[torch.Tensor] = None,
+        input_embeds: torch.Tensor | None = None,
         get_embedding: bool = True,
     ) -> MaskedLMOutput | EmbeddingPoolerOutput:
         """Run by the kit (a `KitRequest` is current): per-token logits and hidden states; by
@@ -130,7 +129,7 @@ class RobertaForMaskedLM(nn.Module):
         logits = self.lm_head(head_input, decoder_weight, self.config.vocab_size)
         return MaskedLMOutput(hidden_states, logits, pool=lambda: self.pooler(hidden_states, forward_batch).embeddings)
 
-    def load_weights(self, weights: Iterable[Tuple[str, torch.Tensor]]):
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]):
         params = dict(self.named_parameters())
         encoder_weights = []
         for name, tensor in weights:

@@ -106,7 +106,7 @@ class TestSettings:
     every_rank: bool = False
 
     @classmethod
-    def of(cls, item: pytest.Item, factories: FactoryFixtures, factory_overrides: dict[str, Any] | None = None) -> "TestSettings":
+    def of(cls, item: pytest.Item, factories: FactoryFixtures, factory_overrides: dict[str, Any] | None = None) -> TestSettings:
         """The settings of ``item``; ``factory_overrides``: those of the factory fixture asking
         (else the test's factory fixtures are looked up). A SpecError names what is wrong."""
         if factory_overrides is None:

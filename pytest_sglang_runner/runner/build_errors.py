@@ -16,8 +16,6 @@ from ..sglang_compat import process, shims
 from .plan import BuildPlan
 
 
-
-
 def one_line(exc: BaseException) -> str:
     """``Type: first line of the message`` (SGLang's messages can run to a page)."""
     lines = str(exc).strip().splitlines() or [""]

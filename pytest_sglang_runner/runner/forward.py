@@ -94,7 +94,7 @@ def _bounded(phase: str):
 
     def decorate(method):
         @functools.wraps(method)
-        def bounded(self: "Forward", *args, **kwargs):
+        def bounded(self: Forward, *args, **kwargs):
             __tracebackhide__ = True  # pytest shows the test's call, then the error
             if self._bounding:
                 return method(self, *args, **kwargs)

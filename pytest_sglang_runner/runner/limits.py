@@ -14,8 +14,6 @@ from ..errors import BatchLimitError
 from ..sglang_compat import batches
 
 
-
-
 def check_batch(runner, token_lists: Sequence[Sequence[int]], new_tokens_per_sequence: int = 0) -> None:
     if not token_lists or any(len(ids) == 0 for ids in token_lists):
         raise BatchLimitError("empty batch or empty sequence: every sequence needs at least one token")

@@ -67,7 +67,7 @@ class BuildPlan:
     config: dict = field(compare=False, repr=False)
 
     @classmethod
-    def resolve(cls, spec: RunnerSpec, cache_root: Path, worker_index: int = 0) -> "BuildPlan":
+    def resolve(cls, spec: RunnerSpec, cache_root: Path, worker_index: int = 0) -> BuildPlan:
         device = devices.resolve_device(spec.device)
         gpu_ids = devices.gpu_ids_for_worker(worker_index, spec.tp) if device == "cuda" else [0] * spec.tp
         model_path = resolve_model_path(spec, cache_root)

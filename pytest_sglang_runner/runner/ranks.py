@@ -54,7 +54,7 @@ class FunctionRef:
     sys_path: tuple[str, ...]
 
     @classmethod
-    def of(cls, function: Callable) -> "FunctionRef":
+    def of(cls, function: Callable) -> FunctionRef:
         module = sys.modules.get(function.__module__)
         if "<locals>" in function.__qualname__ or module is None:
             raise TypeError(f"{function.__qualname__}: on_every_rank needs a module-level function (the peers import it)")

@@ -34,7 +34,7 @@ class EngineService(Tokenized):
         self._conn: Connection | None = None
         self.process: HostedProcess | None = None
 
-    def start(self) -> "EngineService":
+    def start(self) -> EngineService:
         ours, theirs = socket.socketpair()
         try:
             self.process = HostedProcess("Engine", HOST_MODULE, [str(theirs.fileno())], device=self.device, pass_fds=[theirs.fileno()])
@@ -91,7 +91,7 @@ class EngineService(Tokenized):
             raise ServiceError(f"sglang.Engine {command} failed:\n{detail}")
         return detail
 
-    def encode(self, prompts) -> "Any":
+    def encode(self, prompts) -> Any:
         """Embeddings, one row per prompt (texts or token lists), as a float32 tensor ``[batch, dim]``."""
         import torch
 

@@ -43,7 +43,7 @@ def serve(conn: Connection) -> None:
         engine = sglang.Engine(**kwargs)
     except BaseException:
         conn.send(("error", traceback.format_exc()))
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     conn.send(("ready", None))
     try:
         while True:

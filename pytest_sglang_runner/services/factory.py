@@ -16,8 +16,6 @@ from .engine import EngineService
 from .server import ServerService
 
 
-
-
 @dataclass
 class _Slot:
     """One kind of service: the live one, its config and ports, and the configs that failed to start."""

@@ -62,7 +62,7 @@ class ServerService(Tokenized):
         """``/health`` answers 200: SGLang is up and (by default) ran a one-token request."""
         return self._answers("/health")
 
-    def start(self) -> "ServerService":
+    def start(self) -> ServerService:
         self.process = HostedProcess("server", HOST_MODULE, [json.dumps(self.server_kwargs)], device=self.device)
         try:
             self.process.wait_until(self.healthy, self.timeout_s, f"healthy at {self.base_url}/health")

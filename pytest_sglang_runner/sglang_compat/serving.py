@@ -109,7 +109,7 @@ def _finish_reason(kind: str | None) -> str | None:
     return None if not kind else ("length" if kind == "length" else "stop")
 
 
-def _token_logprob(entry, top) -> "Any":
+def _token_logprob(entry, top) -> Any:
     logprob, token_id = entry[0], entry[1]
     ranked = {int(t[1]): float(t[0]) for t in (top or ())}
     return TokenLogprob(int(token_id), float(logprob), ranked)

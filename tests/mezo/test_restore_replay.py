@@ -7,6 +7,7 @@ import torch
 
 from pytest_sglang_runner import mezo, sst2
 
+
 def _objective(lm, prompt):
     return mezo.PromptObjective(lm, prompt.label_word_ids)
 
