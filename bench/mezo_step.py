@@ -75,7 +75,9 @@ def measure_copy_bandwidth(device: str, nbytes: int) -> float:
     return 2 * nbytes / (ms / 1e3)
 
 
-def physical_floor_ms(non_embedding: int, params: int, tokens: int, bytes_per_param: int, matmul_rate: float, bandwidth: float):
+def physical_floor_ms(
+    non_embedding: int, params: int, tokens: int, bytes_per_param: int, matmul_rate: float, bandwidth: float
+):
     """(matmul part, bandwidth part) of one MeZO step, in ms."""
     matmul = 2 * (2 * non_embedding * tokens) / matmul_rate
     passes = 4 * (2 * params * bytes_per_param) / bandwidth
@@ -182,8 +184,11 @@ def profile_step(step, sync, path: Path, label: str) -> str:
         name = next((name for name, pattern in CATEGORIES if re.search(pattern, event.key, re.IGNORECASE)), "other")
         per_category[name] += ms
     busy = sum(per_category.values())
-    lines = [f"## {label}: {wall_ms:.2f} ms/step under the profiler, GPU busy {busy:.2f} ms/step",
-             "| where | GPU ms/step | share of busy |", "|---|---|---|"]
+    lines = [
+        f"## {label}: {wall_ms:.2f} ms/step under the profiler, GPU busy {busy:.2f} ms/step",
+        "| where | GPU ms/step | share of busy |",
+        "|---|---|---|",
+    ]
     lines += [f"| {name} | {ms:.2f} | {ms / busy:.0%} |" for name, ms in per_category.items() if busy]
     lines += ["", prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=25), ""]
     with open(path, "a") as out:
@@ -194,13 +199,17 @@ def profile_step(step, sync, path: Path, label: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="embedded-roberta", help="model directory (default: the embedded RoBERTa)")
-    ap.add_argument("--roberta-large-random", action="store_true", help="write and use a RoBERTa-large-shaped model, random weights")
+    ap.add_argument(
+        "--roberta-large-random", action="store_true", help="write and use a RoBERTa-large-shaped model, random weights"
+    )
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--attention-backend", default="")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=32)
-    ap.add_argument("--shapes", default="", help="comma-separated BxS list, e.g. 16x128,64x48 (default: --batch x --seq)")
+    ap.add_argument(
+        "--shapes", default="", help="comma-separated BxS list, e.g. 16x128,64x48 (default: --batch x --seq)"
+    )
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
@@ -219,8 +228,13 @@ def main() -> None:
 
         args.model = str(write_random_roberta(Path(tempfile.mkdtemp(prefix="roberta-large-random-"))))
     most_tokens = max(b * s for b, s in shapes)
-    spec = RunnerSpec(model=args.model, device=args.device, dtype=args.dtype, attention_backend=args.attention_backend,
-                      max_total_tokens=max(4096, 2 * most_tokens))
+    spec = RunnerSpec(
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        attention_backend=args.attention_backend,
+        max_total_tokens=max(4096, 2 * most_tokens),
+    )
     factory = RunnerFactory(default_spec=spec, cache_root=Path(tempfile.gettempdir()) / "pytest-sglang-runner-bench")
     live = factory.get()
     runner = live.model_runner
@@ -239,7 +253,10 @@ def main() -> None:
         g = torch.Generator().manual_seed(batch * 1000 + seq)
         mask_id = getattr(config, "mask_token_id", None) or config.vocab_size - 1
         body = lambda: torch.randint(5, config.vocab_size - 1, (seq - 3,), generator=g).tolist()  # noqa: E731
-        return [mezo.Encoded(tuple([config.bos_token_id, *body(), mask_id, config.eos_token_id]), seq - 2, i % 2) for i in range(batch)]
+        return [
+            mezo.Encoded(tuple([config.bos_token_id, *body(), mask_id, config.eos_token_id]), seq - 2, i % 2)
+            for i in range(batch)
+        ]
 
     try:
         matmul_rate = measure_matmul_rate(device, dtype, 8192 if cuda else 1024)
@@ -275,8 +292,12 @@ def main() -> None:
             perturb_and_restore = lambda: (opt.zo_perturb_parameters(1), opt.zo_perturb_parameters(-1))  # noqa: E731
             row["pass"] = median_ms(perturb_and_restore, args.steps, 1, sync) / 2
             if args.profile:
-                row["profile"] = profile_step(lambda: opt.step(examples), sync, Path(args.profile),
-                                              f"runner MeZO step, {batch} x {seq}, {args.dtype}")
+                row["profile"] = profile_step(
+                    lambda: opt.step(examples),
+                    sync,
+                    Path(args.profile),
+                    f"runner MeZO step, {batch} x {seq}, {args.dtype}",
+                )
             lm.close()
             del opt, objective, lm
         # 2. HF: the kit's MeZO, then the reference, each on its own copy of the weights.
@@ -296,13 +317,24 @@ def main() -> None:
             row["hf_fwd"] = median_ms(lambda: objective.loss(prepared), args.steps, args.warmup, sync)
             del opt
             reference = ReferenceMeZO(hf_reference, labels, lr=1e-6, eps=1e-3)
-            row["ref_step"] = median_ms(lambda: (reference.zo_step(reference.inputs(examples, pad)), reference.zo_update()),
-                                        args.steps, args.warmup, sync)
+            row["ref_step"] = median_ms(
+                lambda: (reference.zo_step(reference.inputs(examples, pad)), reference.zo_update()),
+                args.steps,
+                args.warmup,
+                sync,
+            )
             inputs = reference.inputs(examples, pad)
             row["ref_fwd"] = median_ms(lambda: reference.zo_forward(inputs).item(), args.steps, args.warmup, sync)
     finally:
         factory.close()
-    report(rows, args, matmul_rate, bandwidth, torch.cuda.get_device_name() if cuda else "cpu", runner.server_args.attention_backend)
+    report(
+        rows,
+        args,
+        matmul_rate,
+        bandwidth,
+        torch.cuda.get_device_name() if cuda else "cpu",
+        runner.server_args.attention_backend,
+    )
 
 
 def report(rows: dict, args, matmul_rate: float, bandwidth: float, card: str, attention: str) -> None:
@@ -313,13 +345,21 @@ def report(rows: dict, args, matmul_rate: float, bandwidth: float, card: str, at
 
     bytes_per_param = torch.finfo(getattr(torch, args.dtype)).bits // 8
     first = next(iter(rows.values()))
-    print(f"device: {card}; sglang {sglang.__version__}, torch {torch.__version__}, transformers {transformers.__version__}; "
-          f"dtype {args.dtype}; attention {attention}; MeZO passes: {first['kernel']}")
-    print(f"model: {first['params'] / 1e6:.1f}M trainable parameters, {first['non_embedding'] / 1e6:.1f}M outside the embeddings")
-    print(f"measured: matmul {matmul_rate / 1e12:.1f} TFLOP/s ({args.dtype}); copy {bandwidth / 1e12:.3f} TB/s (read + write)")
+    print(
+        f"device: {card}; sglang {sglang.__version__}, torch {torch.__version__}, transformers {transformers.__version__}; "
+        f"dtype {args.dtype}; attention {attention}; MeZO passes: {first['kernel']}"
+    )
+    print(
+        f"model: {first['params'] / 1e6:.1f}M trainable parameters, {first['non_embedding'] / 1e6:.1f}M outside the embeddings"
+    )
+    print(
+        f"measured: matmul {matmul_rate / 1e12:.1f} TFLOP/s ({args.dtype}); copy {bandwidth / 1e12:.3f} TB/s (read + write)"
+    )
     summary = []
     for (batch, seq), row in rows.items():
-        mm, bw = physical_floor_ms(row["non_embedding"], row["params"], batch * seq, bytes_per_param, matmul_rate, bandwidth)
+        mm, bw = physical_floor_ms(
+            row["non_embedding"], row["params"], batch * seq, bytes_per_param, matmul_rate, bandwidth
+        )
         floor = mm + bw
         print(f"\n### {batch} x {seq} ({batch * seq} tokens), median of {args.steps} steps after {args.warmup}")
         print("| what | ms | × floor | reference ÷ this |")
@@ -327,27 +367,45 @@ def report(rows: dict, args, matmul_rate: float, bandwidth: float, card: str, at
         print(f"| floor: 2 forwards at the matmul rate | {mm:.2f} | | |")
         print(f"| floor: 4 weight passes at the copy bandwidth | {bw:.2f} | | |")
         print(f"| **physical floor** | {floor:.2f} | 1.00 | {row['ref_step'] / floor:.1f} |")
-        for label, key in (("reference MeZO step (princeton-nlp, HF)", "ref_step"), ("kit MeZO step on HF", "hf_step"),
-                           ("**kit MeZO step on the runner**", "runner_step")):
+        for label, key in (
+            ("reference MeZO step (princeton-nlp, HF)", "ref_step"),
+            ("kit MeZO step on HF", "hf_step"),
+            ("**kit MeZO step on the runner**", "runner_step"),
+        ):
             print(f"| {label} | {row[key]:.2f} | {row[key] / floor:.2f} | {row['ref_step'] / row[key]:.1f} |")
-        for label, key in (("forward: reference (HF)", "ref_fwd"), ("forward: kit on HF", "hf_fwd"),
-                           ("forward: kit on the runner" + (" (graph replay)" if row["captured"] else ""), "runner_fwd"),
-                           ("one weight pass on the runner (mean of perturb and restore)", "pass")):
+        for label, key in (
+            ("forward: reference (HF)", "ref_fwd"),
+            ("forward: kit on HF", "hf_fwd"),
+            ("forward: kit on the runner" + (" (graph replay)" if row["captured"] else ""), "runner_fwd"),
+            ("one weight pass on the runner (mean of perturb and restore)", "pass"),
+        ):
             print(f"| {label} | {row[key]:.2f} | {row[key] / floor:.2f} | |")
         to_floor, speedup = row["runner_step"] / floor, row["ref_step"] / row["runner_step"]
-        print(f"- runner step ≤ 2× floor: {to_floor:.2f}× — " + ("met" if to_floor <= 2 else f"missed by {to_floor / 2 - 1:.0%}"))
-        print(f"- runner ≥ 8× faster than the reference: {speedup:.1f}× — " + ("met" if speedup >= 8 else f"missed by {1 - speedup / 8:.0%}"))
+        print(
+            f"- runner step ≤ 2× floor: {to_floor:.2f}× — "
+            + ("met" if to_floor <= 2 else f"missed by {to_floor / 2 - 1:.0%}")
+        )
+        print(
+            f"- runner ≥ 8× faster than the reference: {speedup:.1f}× — "
+            + ("met" if speedup >= 8 else f"missed by {1 - speedup / 8:.0%}")
+        )
         if row["inference_peak"] is not None:
             allowed = row["inference_peak"] + row["fp32_copy"]
-            print(f"- memory above weights + KV pool: inference peak {row['inference_peak'] / 2**20:.0f} MiB, MeZO peak "
-                  f"{row['mezo_peak'] / 2**20:.0f} MiB, one fp32 copy {row['fp32_copy'] / 2**20:.0f} MiB: MeZO ≤ inference + copy: "
-                  + ("yes" if row["mezo_peak"] <= allowed else f"no (+{(row['mezo_peak'] - allowed) / 2**20:.0f} MiB)"))
+            print(
+                f"- memory above weights + KV pool: inference peak {row['inference_peak'] / 2**20:.0f} MiB, MeZO peak "
+                f"{row['mezo_peak'] / 2**20:.0f} MiB, one fp32 copy {row['fp32_copy'] / 2**20:.0f} MiB: MeZO ≤ inference + copy: "
+                + ("yes" if row["mezo_peak"] <= allowed else f"no (+{(row['mezo_peak'] - allowed) / 2**20:.0f} MiB)")
+            )
         if "profile" in row:
             print(f"- profile: {row['profile']}")
-        summary.append(f"| {batch} × {seq} | {floor:.2f} | {row['ref_step']:.2f} | {row['hf_step']:.2f} | {row['runner_step']:.2f} | "
-                       f"{to_floor:.2f} | {speedup:.1f} |")
+        summary.append(
+            f"| {batch} × {seq} | {floor:.2f} | {row['ref_step']:.2f} | {row['hf_step']:.2f} | {row['runner_step']:.2f} | "
+            f"{to_floor:.2f} | {speedup:.1f} |"
+        )
     print(f"\n### Summary ({card}, {args.dtype})")
-    print("| batch × seq | floor ms | reference ms | kit on HF ms | kit on runner ms | runner ÷ floor | reference ÷ runner |")
+    print(
+        "| batch × seq | floor ms | reference ms | kit on HF ms | kit on runner ms | runner ÷ floor | reference ÷ runner |"
+    )
     print("|---|---|---|---|---|---|---|")
     print("\n".join(summary))
 

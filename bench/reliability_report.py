@@ -41,36 +41,78 @@ def report(paths) -> list[str]:
             cli_tried += 1
             cli_clear += passed
         for key in (
-            "build_time_bad_inputs_tried", "build_time_bad_inputs_clear", "faults_injected", "faults_left_the_session_healthy",
-            "cycles", "rss_growth_per_cycle", "fds_growth_per_cycle", "threads_growth_per_cycle", "sockets_growth_per_cycle",
-            "concurrent_sessions", "concurrent_runner_processes", "concurrent_sessions_passed",
-            "listeners_beyond_loopback", "listeners_after_close", "lock_files_left", "sigint_lock_files_left",
+            "build_time_bad_inputs_tried",
+            "build_time_bad_inputs_clear",
+            "faults_injected",
+            "faults_left_the_session_healthy",
+            "cycles",
+            "rss_growth_per_cycle",
+            "fds_growth_per_cycle",
+            "threads_growth_per_cycle",
+            "sockets_growth_per_cycle",
+            "concurrent_sessions",
+            "concurrent_runner_processes",
+            "concurrent_sessions_passed",
+            "listeners_beyond_loopback",
+            "listeners_after_close",
+            "lock_files_left",
+            "sigint_lock_files_left",
         ):
             if key in properties:
                 totals[key] += _number(properties[key])
         if "listeners_while_live" in properties:
             totals["listener_checks"] += 1
         if "sigint_phase" in properties:
-            sigint.append((properties["sigint_phase"][0], properties["sigint_exit_code"][0], properties["sigint_processes_left"][0], passed))
+            sigint.append(
+                (
+                    properties["sigint_phase"][0],
+                    properties["sigint_exit_code"][0],
+                    properties["sigint_processes_left"][0],
+                    passed,
+                )
+            )
 
     def n(key):
         value = totals.get(key, 0.0)
         return f"{value:g}"
 
     rows = [
-        ("bad inputs tried / clear errors", f"{cli_tried + totals['build_time_bad_inputs_tried']:g} / {cli_clear + totals['build_time_bad_inputs_clear']:g}",
-         f"{cli_tried} usage errors (exit 4) at startup + {n('build_time_bad_inputs_tried')} only a build can judge"),
-        ("faults injected / session healthy after", f"{n('faults_injected')} / {n('faults_left_the_session_healthy')}",
-         "at each build step and inside tests; healthy = no process group, port lock, child process or GPU memory left, and the next build gives the same logits"),
-        ("build/teardown cycles", n("cycles"),
-         f"growth per cycle after the 10th: RSS {n('rss_growth_per_cycle')} MiB, fds {n('fds_growth_per_cycle')}, threads {n('threads_growth_per_cycle')}, sockets {n('sockets_growth_per_cycle')}"),
-        ("concurrent sessions / passed", f"{n('concurrent_sessions')} / {n('concurrent_sessions_passed')}",
-         f"{n('concurrent_runner_processes')} processes with a runner at once (xdist workers included), ports disjoint"),
-        ("SIGINT phases / exit code 2, nothing left", f"{len(sigint)} / {sum(1 for s in sigint if s[3])}",
-         ", ".join(f"{phase}: exit {code}, {left} process(es) left" for phase, code, left, _ in sigint)),
-        ("listening sockets beyond loopback", n("listeners_beyond_loopback"), f"over {n('listener_checks')} runner(s), while live and after close()"),
+        (
+            "bad inputs tried / clear errors",
+            f"{cli_tried + totals['build_time_bad_inputs_tried']:g} / {cli_clear + totals['build_time_bad_inputs_clear']:g}",
+            f"{cli_tried} usage errors (exit 4) at startup + {n('build_time_bad_inputs_tried')} only a build can judge",
+        ),
+        (
+            "faults injected / session healthy after",
+            f"{n('faults_injected')} / {n('faults_left_the_session_healthy')}",
+            "at each build step and inside tests; healthy = no process group, port lock, child process or GPU memory left, and the next build gives the same logits",
+        ),
+        (
+            "build/teardown cycles",
+            n("cycles"),
+            f"growth per cycle after the 10th: RSS {n('rss_growth_per_cycle')} MiB, fds {n('fds_growth_per_cycle')}, threads {n('threads_growth_per_cycle')}, sockets {n('sockets_growth_per_cycle')}",
+        ),
+        (
+            "concurrent sessions / passed",
+            f"{n('concurrent_sessions')} / {n('concurrent_sessions_passed')}",
+            f"{n('concurrent_runner_processes')} processes with a runner at once (xdist workers included), ports disjoint",
+        ),
+        (
+            "SIGINT phases / exit code 2, nothing left",
+            f"{len(sigint)} / {sum(1 for s in sigint if s[3])}",
+            ", ".join(f"{phase}: exit {code}, {left} process(es) left" for phase, code, left, _ in sigint),
+        ),
+        (
+            "listening sockets beyond loopback",
+            n("listeners_beyond_loopback"),
+            f"over {n('listener_checks')} runner(s), while live and after close()",
+        ),
         ("listening sockets left after close()", n("listeners_after_close"), ""),
-        ("port lock files left", f"{totals['lock_files_left'] + totals['sigint_lock_files_left']:g}", "in the inner sessions' lock directories"),
+        (
+            "port lock files left",
+            f"{totals['lock_files_left'] + totals['sigint_lock_files_left']:g}",
+            "in the inner sessions' lock directories",
+        ),
     ]
     lines = ["| figure | value | detail |", "|---|---|---|"]
     lines += [f"| {figure} | {value} | {detail} |" for figure, value, detail in rows]

@@ -39,16 +39,16 @@ if __name__ == "__mp_main__" or os.environ.get("STARTUP_BENCH_ENGINE_CHILD"):
 
     prepare_serving_process()
 
-REUSE_CONFTEST = '''
+REUSE_CONFTEST = """
 import json, os
 
 def pytest_runtest_logreport(report):
     if report.when in ("setup", "teardown"):
         with open(os.environ["REUSE_RECORD"], "a") as f:
             f.write(json.dumps([report.nodeid, report.when, report.duration]) + "\\n")
-'''
+"""
 
-REUSE_TESTS = '''
+REUSE_TESTS = """
 import pytest
 
 @pytest.mark.parametrize("i", range({n}))
@@ -58,7 +58,7 @@ def test_with_runner(runner, i):
 @pytest.mark.parametrize("i", range({n}))
 def test_plain(i):
     pass
-'''
+"""
 
 
 def _device() -> str:
@@ -121,7 +121,9 @@ def engine_ready(model: str, repeats: int) -> list[float]:
     env = {**os.environ, "STARTUP_BENCH_ENGINE_CHILD": "1", SERVING_DEVICE_ENV: _device()}
     times = []
     for _ in range(repeats):
-        out = subprocess.run([sys.executable, __file__, "--engine-child", model], capture_output=True, text=True, env=env, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--engine-child", model], capture_output=True, text=True, env=env, check=True
+        ).stdout
         times.append(json.loads(out.strip().splitlines()[-1])["ready"])
     return times
 
@@ -152,8 +154,25 @@ def reuse_overhead(model: str, tests: int) -> dict:
         record = project / "record.jsonl"
         dtype = ["--sglang-dtype=bfloat16"] if _device() == "cuda" else []
         subprocess.run(
-            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-W", "ignore", f"--sglang-model={model}", *dtype, "-p", "no:randomly"],
-            cwd=project, env={**os.environ, "REUSE_RECORD": str(record)}, capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-p",
+                "no:cacheprovider",
+                "-q",
+                "-W",
+                "ignore",
+                f"--sglang-model={model}",
+                *dtype,
+                "-p",
+                "no:randomly",
+            ],
+            cwd=project,
+            env={**os.environ, "REUSE_RECORD": str(record)},
+            capture_output=True,
+            text=True,
+            check=True,
         )
         per_test: dict[str, float] = {}
         for nodeid, _, duration in map(json.loads, record.read_text().splitlines()):

@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-TEST_FILE = '''
+TEST_FILE = """
 import json, os, subprocess, time
 
 import pytest
@@ -48,15 +48,31 @@ def test_forwards(sglang_live, i):
             "memory_used_mib": nvidia_smi_memory(),
             "started": started, "ended": time.time(),
         }}) + "\\n")
-'''
+"""
 
 
 def run(project: Path, workers: int, model: str, record: Path) -> float:
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-W", "ignore", "-n", str(workers),
-         "--sglang-device=cuda", f"--sglang-model={model}", "--sglang-dtype=bfloat16"],
-        cwd=project, env={**__import__("os").environ, "XDIST_GPU_RECORD": str(record)}, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-W",
+            "ignore",
+            "-n",
+            str(workers),
+            "--sglang-device=cuda",
+            f"--sglang-model={model}",
+            "--sglang-dtype=bfloat16",
+        ],
+        cwd=project,
+        env={**__import__("os").environ, "XDIST_GPU_RECORD": str(record)},
+        capture_output=True,
+        text=True,
     )
     seconds = time.perf_counter() - started
     print(result.stdout[-1500:], file=sys.stderr)
@@ -85,7 +101,9 @@ def main() -> None:
         records[workers] = [json.loads(line) for line in record.read_text().splitlines()]
 
     print(f"{args.tests} tests x {args.forwards} forwards of a 4-prompt batch, {args.model}, bf16, TP=1")
-    print("| run | wall s | test phase s (first test start to last test end) | tests per worker | worker -> current_device / runner device / gpu_ids |")
+    print(
+        "| run | wall s | test phase s (first test start to last test end) | tests per worker | worker -> current_device / runner device / gpu_ids |"
+    )
     print("|---|---|---|---|---|")
     phase = {}
     for workers in (1, 2):
@@ -101,8 +119,12 @@ def main() -> None:
         print(f"| -n {workers} | {seconds[workers]:.1f} | {phase[workers]:.1f} | {counts} | {placement} |")
     for what, times in (("wall", seconds), ("test phase", phase)):
         speedup = times[1] / times[2]
-        print(f"{what} speedup -n 2 over -n 1: {speedup:.2f}x (target >= 1.8x: {'met' if speedup >= 1.8 else f'missed by {1.8 - speedup:.2f}'})")
-    print(f"fixed cost per run outside the test phase (start-up, SGLang import, build, teardown): -n 1 {seconds[1] - phase[1]:.1f} s, -n 2 {seconds[2] - phase[2]:.1f} s")
+        print(
+            f"{what} speedup -n 2 over -n 1: {speedup:.2f}x (target >= 1.8x: {'met' if speedup >= 1.8 else f'missed by {1.8 - speedup:.2f}'})"
+        )
+    print(
+        f"fixed cost per run outside the test phase (start-up, SGLang import, build, teardown): -n 1 {seconds[1] - phase[1]:.1f} s, -n 2 {seconds[2] - phase[2]:.1f} s"
+    )
     peak = max((e["memory_used_mib"] for e in records[2]), key=lambda m: min(m.values()))
     print(f"nvidia-smi memory used during -n 2 (MiB per GPU, the sample with both busiest): {peak}")
 

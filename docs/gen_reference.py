@@ -14,7 +14,10 @@ from _pytest.fixtures import FixtureFunctionDefinition
 
 from pytest_sglang_runner import factories, mezo_plugin, plugin
 
-PLUGINS = (("pytest_sglang_runner.plugin", plugin), ("pytest_sglang_runner.mezo_plugin (`-p pytest_sglang_runner.mezo_plugin`)", mezo_plugin))
+PLUGINS = (
+    ("pytest_sglang_runner.plugin", plugin),
+    ("pytest_sglang_runner.mezo_plugin (`-p pytest_sglang_runner.mezo_plugin`)", mezo_plugin),
+)
 
 
 def _cell(text: str) -> str:
@@ -36,7 +39,9 @@ def options_table() -> list[str]:
             dest = option.attrs()["dest"]
             ini = dest if dest in inis else ""
             inis.pop(dest, None)
-            lines.append(f"| `{' / '.join(option.names())}` | {f'`{ini}`' if ini else '—'} | {_cell(option.attrs()['help'])} |")
+            lines.append(
+                f"| `{' / '.join(option.names())}` | {f'`{ini}`' if ini else '—'} | {_cell(option.attrs()['help'])} |"
+            )
         for name, (help_text, kind, _) in inis.items():
             lines.append(f"| — | `{name}` ({kind}) | {_cell(help_text)} |")
     return lines

@@ -8,4 +8,12 @@ from .compare import assert_logprobs_close, assert_tokens_equal, logprob_mismatc
 from .generation import Generation, TokenLogprob
 from .reference import HFRunner
 
-__all__ = ["Generation", "HFRunner", "TokenLogprob", "assert_logprobs_close", "assert_tokens_equal", "logprob_mismatches", "max_logprob_differences"]
+__all__ = [
+    "Generation",
+    "HFRunner",
+    "TokenLogprob",
+    "assert_logprobs_close",
+    "assert_tokens_equal",
+    "logprob_mismatches",
+    "max_logprob_differences",
+]

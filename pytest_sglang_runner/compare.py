@@ -58,7 +58,16 @@ def _rank_rule(index: int, a: Generation, b: Generation) -> list[Mismatch]:
     if position is None:
         if len(a.output_ids) != len(b.output_ids):
             shorter = min(len(a.output_ids), len(b.output_ids))
-            return [Mismatch("rank", index, f"output {shorter}", None, None, f"same tokens, but lengths {len(a.output_ids)} and {len(b.output_ids)}")]
+            return [
+                Mismatch(
+                    "rank",
+                    index,
+                    f"output {shorter}",
+                    None,
+                    None,
+                    f"same tokens, but lengths {len(a.output_ids)} and {len(b.output_ids)}",
+                )
+            ]
         return []
     x, y = a.output_logprobs[position], b.output_logprobs[position]
     missing = []
@@ -89,12 +98,23 @@ def _gap(x: TokenLogprob, y: TokenLogprob) -> float:
     return max((abs(p - q) for p, q in zip(_top_values(x), _top_values(y))), default=0.0)
 
 
-def _tolerance_rule(index: int, a: Generation, b: Generation, prefill_tolerance: float, decode_tolerance: float) -> list[Mismatch]:
+def _tolerance_rule(
+    index: int, a: Generation, b: Generation, prefill_tolerance: float, decode_tolerance: float
+) -> list[Mismatch]:
     mismatches = []
     for phase, position, x, y, gap in _compared_positions(a, b):
         tolerance = prefill_tolerance if phase == "prompt" else decode_tolerance
         if not gap < tolerance:
-            mismatches.append(Mismatch("tolerance", index, f"{phase} {position}", x, y, f"top-k logprobs differ by {gap:.3g} (tolerance {tolerance:g})"))
+            mismatches.append(
+                Mismatch(
+                    "tolerance",
+                    index,
+                    f"{phase} {position}",
+                    x,
+                    y,
+                    f"top-k logprobs differ by {gap:.3g} (tolerance {tolerance:g})",
+                )
+            )
     return mismatches
 
 
@@ -136,9 +156,27 @@ def _cell(entry: TokenLogprob | None, field: str) -> str:
 
 def format_mismatches(mismatches: Sequence[Mismatch], names: tuple[str, str] = ("sglang", "hf")) -> str:
     ours, theirs = names
-    header = ("rule", "seq", "position", f"{ours} token", f"{theirs} token", f"{ours} logprob", f"{theirs} logprob", "detail")
+    header = (
+        "rule",
+        "seq",
+        "position",
+        f"{ours} token",
+        f"{theirs} token",
+        f"{ours} logprob",
+        f"{theirs} logprob",
+        "detail",
+    )
     rows = [
-        (m.rule, str(m.sequence), m.position, _cell(m.ours, "token"), _cell(m.theirs, "token"), _cell(m.ours, "logprob"), _cell(m.theirs, "logprob"), m.detail)
+        (
+            m.rule,
+            str(m.sequence),
+            m.position,
+            _cell(m.ours, "token"),
+            _cell(m.theirs, "token"),
+            _cell(m.ours, "logprob"),
+            _cell(m.theirs, "logprob"),
+            m.detail,
+        )
         for m in mismatches[:MAX_ROWS]
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -158,10 +196,14 @@ def assert_logprobs_close(
     """
     mismatches = logprob_mismatches(ours, theirs, **rules)
     if mismatches:
-        raise AssertionError(f"{names[0]} and {names[1]} logprobs disagree at {len(mismatches)} position(s):\n{format_mismatches(mismatches, names)}")
+        raise AssertionError(
+            f"{names[0]} and {names[1]} logprobs disagree at {len(mismatches)} position(s):\n{format_mismatches(mismatches, names)}"
+        )
 
 
-def assert_tokens_equal(ours: Sequence[Generation], theirs: Sequence[Generation], *, names: tuple[str, str] = ("sglang", "hf")) -> None:
+def assert_tokens_equal(
+    ours: Sequence[Generation], theirs: Sequence[Generation], *, names: tuple[str, str] = ("sglang", "hf")
+) -> None:
     """Fail with a table unless every sequence's output tokens are exactly the same."""
     _check_pairs(ours, theirs, need_logprobs=False)
     mismatches = []
@@ -176,4 +218,6 @@ def assert_tokens_equal(ours: Sequence[Generation], theirs: Sequence[Generation]
         detail = f"{names[0]} {a.output_ids} vs {names[1]} {b.output_ids}"
         mismatches.append(Mismatch("tokens", index, f"output {position}", x, y, detail))
     if mismatches:
-        raise AssertionError(f"{len(mismatches)} of {len(ours)} sequences differ:\n{format_mismatches(mismatches, names)}")
+        raise AssertionError(
+            f"{len(mismatches)} of {len(ours)} sequences differ:\n{format_mismatches(mismatches, names)}"
+        )

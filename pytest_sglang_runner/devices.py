@@ -39,7 +39,9 @@ def gpu_ids_for_worker(worker_index: int, tp: int) -> list[int]:
     first = worker_index * tp
     visible = cuda_device_count()
     if first + tp > visible:
-        raise SpecError(f"--sglang-tp {tp} on xdist worker {worker_index} needs GPUs {first}..{first + tp - 1}, but {visible} are visible")
+        raise SpecError(
+            f"--sglang-tp {tp} on xdist worker {worker_index} needs GPUs {first}..{first + tp - 1}, but {visible} are visible"
+        )
     return list(range(first, first + tp))
 
 

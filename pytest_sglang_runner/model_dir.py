@@ -35,7 +35,11 @@ def _safetensors_problem(path: Path) -> str | None:
             return "its header is not safetensors JSON"
     expected = 8 + header_size + max(ends, default=0)
     if size != expected:
-        return f"{size} bytes where its header needs {expected} (cut short?)" if size < expected else f"{size - expected} stray bytes after the tensors"
+        return (
+            f"{size} bytes where its header needs {expected} (cut short?)"
+            if size < expected
+            else f"{size - expected} stray bytes after the tensors"
+        )
     return None
 
 
@@ -44,17 +48,25 @@ def check_model_dir(option: str, directory: str) -> None:
     root = Path(os.path.expanduser(directory))
     config = root / "config.json"
     if not config.is_file():
-        raise SpecError(f"{option} {directory!r}: not a model directory (no config.json inside); pass a directory saved by transformers' save_pretrained")
+        raise SpecError(
+            f"{option} {directory!r}: not a model directory (no config.json inside); pass a directory saved by transformers' save_pretrained"
+        )
     try:
         parsed = json.loads(config.read_text())
     except (OSError, ValueError) as exc:
-        raise SpecError(f"{option} {directory!r}: config.json is not valid JSON ({exc}); fix it or save the model again") from None
+        raise SpecError(
+            f"{option} {directory!r}: config.json is not valid JSON ({exc}); fix it or save the model again"
+        ) from None
     if not isinstance(parsed, dict):
-        raise SpecError(f"{option} {directory!r}: config.json holds a {type(parsed).__name__}, not a JSON object; save the model again")
+        raise SpecError(
+            f"{option} {directory!r}: config.json holds a {type(parsed).__name__}, not a JSON object; save the model again"
+        )
     for weights in sorted(root.glob("*.safetensors")):
         problem = _safetensors_problem(weights)
         if problem is not None:
-            raise SpecError(f"{option} {directory!r}: {weights.name} is not a complete safetensors file ({problem}); copy or save the model again")
+            raise SpecError(
+                f"{option} {directory!r}: {weights.name} is not a complete safetensors file ({problem}); copy or save the model again"
+            )
 
 
 def cached_hub_snapshot(model_id: str) -> str | None:

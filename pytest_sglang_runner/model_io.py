@@ -31,7 +31,9 @@ class KitRequest:
     skip_kv_cache_write: bool = False
 
 
-_CURRENT: contextvars.ContextVar[KitRequest | None] = contextvars.ContextVar("pytest_sglang_runner_request", default=None)
+_CURRENT: contextvars.ContextVar[KitRequest | None] = contextvars.ContextVar(
+    "pytest_sglang_runner_request", default=None
+)
 
 
 @contextlib.contextmanager

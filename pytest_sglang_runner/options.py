@@ -23,8 +23,6 @@ DEFAULT_MODEL = "embedded-roberta"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
-
-
 def _choice(option: str, choices: tuple[str, ...]) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = str(value).strip().lower()
@@ -151,13 +149,31 @@ OPTIONS: tuple[Option, ...] = (
         _model,
         metavar="PATH_OR_ID",
     ),
-    _option("device", "auto (cuda when a GPU is visible), cuda or cpu", lambda o: _choice(o, DEVICES), metavar="DEVICE"),
+    _option(
+        "device", "auto (cuda when a GPU is visible), cuda or cpu", lambda o: _choice(o, DEVICES), metavar="DEVICE"
+    ),
     _option("dtype", "model dtype: " + ", ".join(DTYPES), lambda o: _choice(o, DTYPES), metavar="DTYPE"),
     _option("tp", "tensor-parallel size (ranks beyond 0 run in child processes)", _positive_int, metavar="N"),
-    _option("attention_backend", "SGLang attention backend (default: triton on CUDA, torch_native on CPU)", lambda o: _text, metavar="NAME"),
-    _option("mem_fraction", "fraction of GPU memory for weights and KV pool (SGLang's mem_fraction_static)", _fraction, metavar="F"),
+    _option(
+        "attention_backend",
+        "SGLang attention backend (default: triton on CUDA, torch_native on CPU)",
+        lambda o: _text,
+        metavar="NAME",
+    ),
+    _option(
+        "mem_fraction",
+        "fraction of GPU memory for weights and KV pool (SGLang's mem_fraction_static)",
+        _fraction,
+        metavar="F",
+    ),
     _option("max_total_tokens", "KV pool size in tokens", _positive_int, metavar="N"),
-    _option("arg", "any other ServerArgs field, KEY=VALUE; repeatable", lambda o: lambda v: parse_server_args(o, v), metavar="KEY=VALUE", repeatable=True),
+    _option(
+        "arg",
+        "any other ServerArgs field, KEY=VALUE; repeatable",
+        lambda o: lambda v: parse_server_args(o, v),
+        metavar="KEY=VALUE",
+        repeatable=True,
+    ),
     _option(
         "timeout",
         "seconds a runner build, forward or teardown may take; past it every thread's stack is dumped and the test fails; "

@@ -24,7 +24,9 @@ from pathlib import Path
 
 from .errors import PortsExhausted
 
-LOCK_DIR = Path(os.environ.get("PYTEST_SGLANG_PORT_LOCK_DIR", Path(tempfile.gettempdir()) / "pytest-sglang-runner-ports"))
+LOCK_DIR = Path(
+    os.environ.get("PYTEST_SGLANG_PORT_LOCK_DIR", Path(tempfile.gettempdir()) / "pytest-sglang-runner-ports")
+)
 _used_in_this_process: set[int] = set()
 _swept = False
 

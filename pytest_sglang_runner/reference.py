@@ -74,7 +74,12 @@ class HFRunner(Tokenized):
         self.model_path = str(model_path)
         self.dtype = dtype
         self.device = device
-        self.model = hf_model_class(self.model_path).from_pretrained(self.model_path, dtype=getattr(torch, dtype)).to(device).eval()
+        self.model = (
+            hf_model_class(self.model_path)
+            .from_pretrained(self.model_path, dtype=getattr(torch, dtype))
+            .to(device)
+            .eval()
+        )
         self.fp32_lm_head = fp32_lm_head
         if fp32_lm_head:
             self.model.get_output_embeddings().register_forward_hook(_float32_logits)
@@ -113,7 +118,9 @@ class HFRunner(Tokenized):
         stops = set() if ignore_eos else self.eos_token_ids | {int(t) for t in stop_token_ids}
         return [self._generate_one(ids, max_new_tokens, top_logprobs, stops) for ids in self.token_lists(prompts)]
 
-    def _generate_one(self, prompt: list[int], max_new_tokens: int, top_logprobs: int | None, stops: set[int]) -> Generation:
+    def _generate_one(
+        self, prompt: list[int], max_new_tokens: int, top_logprobs: int | None, stops: set[int]
+    ) -> Generation:
         import copy
 
         import torch

@@ -35,8 +35,6 @@ PEER_DUMP_SIGNAL = getattr(signal, "SIGUSR1", None)  # TP peers dump their stack
 CAN_INTERRUPT = hasattr(signal, "SIGALRM") and hasattr(signal, "pthread_kill")
 
 
-
-
 def parse_limit(value: Any) -> float:
     """Seconds (0: no limit), or a `SpecError` naming --sglang-timeout."""
     return OPTIONS_BY_FIELD[KEY].parse(value)
@@ -135,7 +133,9 @@ class _Deadline:
                 return
             self.state = "fired"
         where = f" (the {self.phase} runs in thread 0x{self.thread.ident:016x})" if self.thread.ident else ""
-        dump_stacks(f"sglang-runner: the runner's {self.phase} ran past the {self.seconds:g} s limit ({HOW_TO_RAISE}); every thread's stack{where}:")
+        dump_stacks(
+            f"sglang-runner: the runner's {self.phase} ran past the {self.seconds:g} s limit ({HOW_TO_RAISE}); every thread's stack{where}:"
+        )
         if self.on_expire is not None:
             try:
                 self.on_expire()
@@ -148,7 +148,9 @@ class _Deadline:
                 self.state = "signalled"
                 signal.pthread_kill(self.thread.ident, signal.SIGALRM)
             else:
-                sys.stderr.write(f"sglang-runner: the {self.phase} cannot be interrupted on this thread; it fails when it returns\n")
+                sys.stderr.write(
+                    f"sglang-runner: the {self.phase} cannot be interrupted on this thread; it fails when it returns\n"
+                )
 
 
 def _pass_on(handler: Any, signum: int, frame) -> None:

@@ -23,7 +23,9 @@ class Tokenized:
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
             except (OSError, ValueError) as exc:
-                raise ValueError(f"the model at {self.model_path} has no usable tokenizer ({exc}); pass token ids") from None
+                raise ValueError(
+                    f"the model at {self.model_path} has no usable tokenizer ({exc}); pass token ids"
+                ) from None
         return self._tokenizer
 
     def token_lists(self, inputs) -> list[list[int]]:

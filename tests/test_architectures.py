@@ -14,7 +14,9 @@ from pytest_sglang_runner.runner.build_errors import build_failure
 from pytest_sglang_runner.runner.plan import BuildPlan, model_config, resolve_dtype
 from pytest_sglang_runner.sglang_compat.process import installed_version
 
-SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128)
+SMALL = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128
+)
 
 
 def _save(model_class, config, directory):
@@ -50,7 +52,9 @@ def test_an_unknown_architecture_is_named_with_the_sglang_version(runner_factory
     with pytest.raises(SpecError) as failure:
         runner_factory.get(model=path)
     message = str(failure.value)
-    assert message.startswith(f"--sglang-model {path}: SGLang {installed_version()} registers no model class FooBarForCausalLM")
+    assert message.startswith(
+        f"--sglang-model {path}: SGLang {installed_version()} registers no model class FooBarForCausalLM"
+    )
     assert "Transformers fallback failed" in message
     assert not torch.distributed.is_initialized()
 
@@ -59,11 +63,17 @@ def test_gemma2_builds_and_matches_hf_or_fails_naming_it(runner_factory, tmp_pat
     """SGLang's Gemma2 reads ``hidden_act``, which transformers 5 renamed: whichever way it goes, the user learns why."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    path = _save(Gemma2ForCausalLM, Gemma2Config(vocab_size=512, num_key_value_heads=2, head_dim=16, **SMALL), tmp_path / "gemma2")
+    path = _save(
+        Gemma2ForCausalLM,
+        Gemma2Config(vocab_size=512, num_key_value_heads=2, head_dim=16, **SMALL),
+        tmp_path / "gemma2",
+    )
     try:
         live = runner_factory.get(model=path, dtype="float32" if not torch.cuda.is_available() else "bfloat16")
     except RunnerBuildError as exc:
-        assert re.search(rf"SGLang {re.escape(installed_version())} could not build Gemma2ForCausalLM .*: \w+Error: ", str(exc))
+        assert re.search(
+            rf"SGLang {re.escape(installed_version())} could not build Gemma2ForCausalLM .*: \w+Error: ", str(exc)
+        )
         return
     assert live.forward([[2, 5, 6, 7]]).next_token_logits.isfinite().all()
 
@@ -102,17 +112,23 @@ def test_a_cpu_runner_on_a_cuda_machine_runs_or_is_a_usage_error(runner_factory,
 def test_an_op_without_a_cpu_kernel_becomes_a_usage_error_naming_the_device(tmp_path):
     """The message mapping alone (the real failure needs SGLang's CUDA build on a GPU machine: the test above)."""
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["RobertaForMaskedLM"]}))
-    missing = NotImplementedError("Could not run 'sglang::store_cache' with arguments from the 'CPU' backend. This could be ...")
+    missing = NotImplementedError(
+        "Could not run 'sglang::store_cache' with arguments from the 'CPU' backend. This could be ..."
+    )
     error = build_failure(_plan(RunnerSpec(model=str(tmp_path), device="cpu"), tmp_path, "cpu"), missing)
     assert isinstance(error, SpecError)
-    assert str(error).startswith(f"--sglang-device cpu: this SGLang {installed_version()} install has no CPU kernel for sglang::store_cache")
+    assert str(error).startswith(
+        f"--sglang-device cpu: this SGLang {installed_version()} install has no CPU kernel for sglang::store_cache"
+    )
 
 
 def test_a_kv_pool_that_does_not_fit_names_the_kits_memory_option(tmp_path):
     """The message mapping alone: with the kit's token cap, neither lent GPU nor the CPU made SGLang
     give up on the pool (SGLang 0.5.17 on an H100 built at mem_fraction=0.001), so the text is SGLang's."""
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
-    no_room = RuntimeError("Not enough memory. Please try to increase --mem-fraction-static. Current value: mem_fraction_static=0.001")
+    no_room = RuntimeError(
+        "Not enough memory. Please try to increase --mem-fraction-static. Current value: mem_fraction_static=0.001"
+    )
     error = build_failure(_plan(RunnerSpec(model=str(tmp_path), mem_fraction=0.001), tmp_path, "cuda"), no_room)
     assert isinstance(error, SpecError)
     assert str(error).startswith("--sglang-mem-fraction 0.001: no GPU memory is left for the KV pool")

@@ -48,14 +48,30 @@ def test_rank_rule_fails_when_a_token_is_outside_the_other_top_k_and_prints_a_ta
         assert_logprobs_close([ours], [theirs], tolerance_rule=False)
     table = str(failure.value).splitlines()
     assert table[0] == "sglang and hf logprobs disagree at 1 position(s):"
-    assert table[1].split() == ["rule", "seq", "position", "sglang", "token", "hf", "token", "sglang", "logprob", "hf", "logprob", "detail"]
+    assert table[1].split() == [
+        "rule",
+        "seq",
+        "position",
+        "sglang",
+        "token",
+        "hf",
+        "token",
+        "sglang",
+        "logprob",
+        "hf",
+        "logprob",
+        "detail",
+    ]
     assert table[2].split()[:7] == ["rank", "0", "output", "1", "21", "23", "-0.2000"]
     assert "ours not in their top-k; theirs not in our top-k" in table[2]
 
 
 def test_tolerance_rule_checks_prompt_and_output_top_k_values_up_to_the_divergence():
     shifted = [{11: -0.1, 12: -2.5}, {21: -0.2, 22: -1.9 + 0.07}, {31: -0.3, 32: -1.4}]  # 0.07 > 6e-2 at output 1
-    ours, theirs = generation([11, 21, 31], TOPS), generation([11, 21, 31], shifted, prompt_top={5: -0.5, 7: -1.5 + 0.04})
+    ours, theirs = (
+        generation([11, 21, 31], TOPS),
+        generation([11, 21, 31], shifted, prompt_top={5: -0.5, 7: -1.5 + 0.04}),
+    )
     mismatches = logprob_mismatches([ours], [theirs], rank_rule=False)
     assert [(m.rule, m.position) for m in mismatches] == [("tolerance", "output 1")]
     assert logprob_mismatches([ours], [theirs], rank_rule=False, prefill_tolerance=3e-2)[0].position == "prompt 1"

@@ -31,7 +31,14 @@ MAX_NEW_TOKENS = 16
 # (relative error ~1e-2). So bfloat16 gets twice SGLang's tolerances; docs/gpu.md has the maxima measured.
 BFLOAT16_TOLERANCES = dict(prefill_tolerance=1e-1, decode_tolerance=1.2e-1)
 
-SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+SMALL = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
 ARCHITECTURES = {
     "llama": ("LlamaConfig", SMALL),
     "qwen2": ("Qwen2Config", SMALL),
@@ -62,7 +69,9 @@ def write_decoder(kind: str, directory, dtype: str, device: str):
         torch.manual_seed(0)
         model = transformers.AutoModelForCausalLM.from_config(config)
     model.save_pretrained(str(directory))
-    continuation = HFRunner(directory, dtype=dtype, device=device).generate(PROMPTS[:1], max_new_tokens=8, top_logprobs=None, ignore_eos=True)
+    continuation = HFRunner(directory, dtype=dtype, device=device).generate(
+        PROMPTS[:1], max_new_tokens=8, top_logprobs=None, ignore_eos=True
+    )
     tokens = continuation[0].output_ids
     _set_eos(directory, next((t for i, t in enumerate(tokens) if i >= 3 and t not in tokens[:i]), tokens[0]))
     return directory
@@ -87,7 +96,11 @@ def decoder(request, tmp_path_factory, runner_factory, decoder_dtype, decoder_de
     """Runner overrides for one decoder: its model (name or directory) and the test dtype."""
     model = request.param
     if model in ARCHITECTURES:
-        hf_device = "cpu" if decoder_device == "cpu" else f"cuda:{devices.gpu_ids_for_worker(runner_factory.worker_index, 1)[0]}"
+        hf_device = (
+            "cpu"
+            if decoder_device == "cpu"
+            else f"cuda:{devices.gpu_ids_for_worker(runner_factory.worker_index, 1)[0]}"
+        )
         model = str(write_decoder(model, tmp_path_factory.mktemp(model), decoder_dtype, hf_device))
     half = {} if decoder_dtype == "float32" else dict(enable_fp32_lm_head=True)
     return dict(model=model, dtype=decoder_dtype, **half)
@@ -110,7 +123,9 @@ def test_prefill_logits_match_hf(runner_factory, decoder):
         assert (ours - theirs).abs().max().item() <= 1e-4
     else:
         top = lambda logits: torch.log_softmax(logits, -1).topk(5).values  # noqa: E731
-        assert (top(ours) - top(theirs)).abs().max().item() < tolerances(decoder["dtype"]).get("prefill_tolerance", 5e-2)
+        assert (top(ours) - top(theirs)).abs().max().item() < tolerances(decoder["dtype"]).get(
+            "prefill_tolerance", 5e-2
+        )
 
 
 def test_greedy_decode_matches_hf_and_returns_every_kv_slot(runner_factory, decoder, record_property):
@@ -146,7 +161,9 @@ def test_eos_stops_a_sequence_early(runner_factory, decoder):
     (ignoring,) = live.forward.generate(first, max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True)
     assert len(ignoring.output_ids) == MAX_NEW_TOKENS and ignoring.finish_reason == "length"
     stop_token = ignoring.output_ids[1]
-    (stopping,) = live.forward.generate(first, max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=[stop_token], ignore_eos=False)
+    (stopping,) = live.forward.generate(
+        first, max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=[stop_token], ignore_eos=False
+    )
     assert stopping.output_ids[-1] in {stop_token} | eos and len(stopping.output_ids) <= 2
     if exact(decoder["dtype"]):
         assert_tokens_equal([ignoring], hf.generate(first, max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True))
@@ -218,7 +235,14 @@ def test_a_user_test_needs_only_sglang_forward_and_hf_runner(pytester, runner_fa
     pytester.makepyfile(test_user=USER_TEST % (limits["prefill_tolerance"], limits["decode_tolerance"]))
     half = [] if decoder_dtype == "float32" else ["--sglang-arg=enable_fp32_lm_head=true"]  # hf_runner follows it
     result = pytester.runpytest_subprocess(
-        "-s", "-p", "no:cacheprovider", "-W", "ignore", f"--sglang-model={checkpoint}", f"--sglang-dtype={decoder_dtype}", *half
+        "-s",
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "ignore",
+        f"--sglang-model={checkpoint}",
+        f"--sglang-dtype={decoder_dtype}",
+        *half,
     )
     result.assert_outcomes(passed=1)
     result.stdout.re_match_lines([r".*TEXTS \['[^']+', '[^']+'\] \['[^']+', '[^']+'\]$"])
@@ -228,13 +252,26 @@ def test_a_user_test_needs_only_sglang_forward_and_hf_runner(pytester, runner_fa
 def test_tensor_parallel_prefill_and_generate_give_the_tp1_results(runner_factory, decoder_dtype):
     """Rank 0 runs prefill and decodes; the peer ranks replay the same calls, so their collectives line up."""
     tp1 = runner_factory.get(model="embedded-llama", dtype=decoder_dtype).forward
-    prefill_one, one = tp1.logits(PROMPTS).float(), tp1.generate(PROMPTS, max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True)
+    prefill_one, one = (
+        tp1.logits(PROMPTS).float(),
+        tp1.generate(PROMPTS, max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True),
+    )
     tp2 = runner_factory.get(model="embedded-llama", dtype=decoder_dtype, tp=2).forward
-    prefill_two, two = tp2.logits(PROMPTS).float(), tp2.generate(PROMPTS, max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True)
+    prefill_two, two = (
+        tp2.logits(PROMPTS).float(),
+        tp2.generate(PROMPTS, max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True),
+    )
     # Next-token logits after the prompt: TP=2 sums each row in two halves, so equal to float rounding.
     tolerance = 1e-4 if decoder_dtype == "float32" else 5e-2
     assert (prefill_two - prefill_one).abs().max().item() <= tolerance * prefill_one.abs().max().item()
-    assert [g.output_ids for g in two] == [g.output_ids for g in one] and all(len(g.output_ids) == MAX_NEW_TOKENS for g in one)
+    assert [g.output_ids for g in two] == [g.output_ids for g in one] and all(
+        len(g.output_ids) == MAX_NEW_TOKENS for g in one
+    )
     assert_logprobs_close(two, one, names=("tp2", "tp1"), **tolerances(decoder_dtype))
     hf = runner_factory.hf_runner(runner_factory.spec_for(model="embedded-llama", dtype=decoder_dtype))
-    assert_logprobs_close(two, hf.generate(PROMPTS, max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True), names=("tp2", "hf"), **tolerances(decoder_dtype))
+    assert_logprobs_close(
+        two,
+        hf.generate(PROMPTS, max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True),
+        names=("tp2", "hf"),
+        **tolerances(decoder_dtype),
+    )

@@ -12,17 +12,35 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_reference_page_is_generated_from_the_code():
-    generated = subprocess.run([sys.executable, str(ROOT / "docs" / "gen_reference.py")], capture_output=True, text=True, check=True).stdout
-    assert (ROOT / "docs" / "reference.md").read_text() == generated, "run: python docs/gen_reference.py > docs/reference.md"
+    generated = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "gen_reference.py")], capture_output=True, text=True, check=True
+    ).stdout
+    assert (ROOT / "docs" / "reference.md").read_text() == generated, (
+        "run: python docs/gen_reference.py > docs/reference.md"
+    )
 
 
 def test_the_docs_site_builds_in_strict_mode(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"), "-d", str(tmp_path / "site")],
-        capture_output=True, text=True, env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin"},
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "-f",
+            str(ROOT / "mkdocs.yml"),
+            "-d",
+            str(tmp_path / "site"),
+        ],
+        capture_output=True,
+        text=True,
+        env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    assert (tmp_path / "site" / "reference" / "index.html").exists() and (tmp_path / "site" / "tp" / "index.html").exists()
+    assert (tmp_path / "site" / "reference" / "index.html").exists() and (
+        tmp_path / "site" / "tp" / "index.html"
+    ).exists()
 
 
 # --- troubleshooting.md stays complete (a text scan of the package: no SGLang, no torch) ---------
@@ -51,7 +69,11 @@ def _exception_classes() -> dict[str, Path]:
             return any(is_exception(base, seen | {name}) for base in bases[name][1])
         return name.endswith(("Error", "Exception"))  # pytest.UsageError and the like
 
-    return {name: path for name, (path, parents) in bases.items() if any(is_exception(p, frozenset({name})) for p in parents)}
+    return {
+        name: path
+        for name, (path, parents) in bases.items()
+        if any(is_exception(p, frozenset({name})) for p in parents)
+    }
 
 
 def _words(text: str) -> set[str]:
@@ -62,7 +84,14 @@ def _words(text: str) -> set[str]:
 
 def test_troubleshooting_names_every_exception_class_of_the_kit():
     classes = _exception_classes()
-    assert {"SpecError", "RunnerBuildError", "UnsupportedSGLang", "SGLangTimeout", "RankFailure", "BatchLimitError"} <= set(classes)
+    assert {
+        "SpecError",
+        "RunnerBuildError",
+        "UnsupportedSGLang",
+        "SGLangTimeout",
+        "RankFailure",
+        "BatchLimitError",
+    } <= set(classes)
     named = _words((ROOT / "docs" / "troubleshooting.md").read_text())
     missing = sorted(name for name, path in classes.items() if SERVICES not in path.parents and name not in named)
     assert not missing, f"docs/troubleshooting.md does not name {missing}"
@@ -88,7 +117,9 @@ def test_troubleshooting_names_every_option_the_errors_name():
         text = path.read_text()
         flags |= set(re.findall(r"SpecError\(\s*f?[\"'](--sglang-[a-z-]+)", text))
         if path.name == "options.py":  # the option parsers' messages start with their own flag
-            flags |= {"--sglang-" + name.replace("_", "-") for name in re.findall(r"^\s*_option\(\s*\"(\w+)\"", text, re.M)}
+            flags |= {
+                "--sglang-" + name.replace("_", "-") for name in re.findall(r"^\s*_option\(\s*\"(\w+)\"", text, re.M)
+            }
     assert {"--sglang-arg", "--sglang-device", "--sglang-tp", "--sglang-timeout", "--sglang-model"} <= flags, flags
     page = (ROOT / "docs" / "troubleshooting.md").read_text()
     missing = sorted(flag for flag in flags if not re.search(re.escape(flag) + r"(?![a-z-])", page))

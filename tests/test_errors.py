@@ -76,5 +76,9 @@ def test_sglang_missing_fails_the_runner_test_naming_the_install(pytester):
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no_sglang", "-W", "ignore")
     result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(["*SGLang is not installed for *; pip install 'sglang==*' (supported: *), or skip the runner tests with --sglang-skip*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*SGLang is not installed for *; pip install 'sglang==*' (supported: *), or skip the runner tests with --sglang-skip*"
+        ]
+    )
     assert "ModuleNotFoundError" not in result.stdout.str()

@@ -31,15 +31,24 @@ def test_every_example_folder_is_run():
     assert folders == set(PROJECTS) | {"github_actions"}
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the examples are run on CPU here; a GPU machine runs them as written")
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(),
+    reason="the examples are run on CPU here; a GPU machine runs them as written",
+)
 @pytest.mark.parametrize("folder", sorted(PROJECTS))
 def test_the_example_project_passes(folder, tmp_path):
     extra, passed = PROJECTS[folder]
     project = shutil.copytree(EXAMPLES / folder, tmp_path / folder)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-W", "ignore", *extra], cwd=project, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-W", "ignore", *extra],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    assert result.returncode == 0 and re.search(rf"\b{passed} passed\b", result.stdout), result.stdout[-4000:] + result.stderr[-2000:]
+    assert result.returncode == 0 and re.search(rf"\b{passed} passed\b", result.stdout), (
+        result.stdout[-4000:] + result.stderr[-2000:]
+    )
 
 
 def _readme_commands() -> list[str]:

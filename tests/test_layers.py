@@ -78,7 +78,9 @@ def _layer(module: str) -> int:
     for index, (_, members) in enumerate(LAYERS):
         if head in members:
             return index
-    raise AssertionError(f"{module or NAME}: in no layer of tests/test_layers.py; give it one (and docs/architecture.md)")
+    raise AssertionError(
+        f"{module or NAME}: in no layer of tests/test_layers.py; give it one (and docs/architecture.md)"
+    )
 
 
 def _graph() -> dict[str, set[str]]:

@@ -19,14 +19,18 @@ def test_limits_are_read_from_the_runner(runner):
 def test_the_longest_sequence_the_positions_take_runs_and_one_more_is_refused(sglang_forward, runner):
     longest = batches.runner_limits(runner).max_sequence
     assert sglang_forward([[0] + [5] * (longest - 2) + [2]]).logits[0].shape[0] == longest
-    with pytest.raises(BatchLimitError, match=rf"sequence 1 has {longest + 1} tokens, but this model takes at most {longest}"):
+    with pytest.raises(
+        BatchLimitError, match=rf"sequence 1 has {longest + 1} tokens, but this model takes at most {longest}"
+    ):
         sglang_forward([[0, 5, 2], [0] + [5] * (longest - 1) + [2]])
 
 
 def test_a_token_id_outside_the_vocabulary_is_refused(sglang_forward, runner):
     vocab = runner.model_config.vocab_size
     for bad in (vocab, -1):
-        with pytest.raises(BatchLimitError, match=rf"sequence 1 has token id {bad}, outside this model's vocabulary \[0, {vocab}\)"):
+        with pytest.raises(
+            BatchLimitError, match=rf"sequence 1 has token id {bad}, outside this model's vocabulary \[0, {vocab}\)"
+        ):
             sglang_forward([[0, 5, 2], [0, bad, 2]])
 
 
@@ -34,7 +38,10 @@ def test_more_tokens_than_the_kv_pool_names_the_option(sglang_forward, runner):
     free = batches.free_kv_slots(runner)
     length = batches.runner_limits(runner).max_sequence
     count = free // length + 1
-    with pytest.raises(BatchLimitError, match=rf"needs up to {count * length} KV slots .*\(--sglang-max-total-tokens {count * length}\)"):
+    with pytest.raises(
+        BatchLimitError,
+        match=rf"needs up to {count * length} KV slots .*\(--sglang-max-total-tokens {count * length}\)",
+    ):
         sglang_forward([[5] * length] * count)
     assert batches.free_kv_slots(runner) == free  # nothing was allocated
 
@@ -42,7 +49,10 @@ def test_more_tokens_than_the_kv_pool_names_the_option(sglang_forward, runner):
 @pytest.mark.sglang(max_running_requests=4)
 def test_more_sequences_than_request_slots_names_the_option(sglang_forward, runner):
     slots = batches.runner_limits(runner).request_slots
-    with pytest.raises(BatchLimitError, match=rf"has {slots + 1} sequences but the runner has {slots} request slots free.*max_running_requests={slots + 1}"):
+    with pytest.raises(
+        BatchLimitError,
+        match=rf"has {slots + 1} sequences but the runner has {slots} request slots free.*max_running_requests={slots + 1}",
+    ):
         sglang_forward([[0, 5, 2]] * (slots + 1))
     assert len(sglang_forward([[0, 5, 2]] * slots).logits) == slots
 
@@ -63,5 +73,7 @@ def test_generation_past_the_positions_is_refused(runner_factory):
     live = runner_factory.get(model="embedded-llama", dtype="bfloat16" if torch.cuda.is_available() else "float32")
     longest = batches.runner_limits(live.model_runner).max_sequence
     assert longest == live.model_runner.model_config.context_len  # rotary positions: all of them are for tokens
-    with pytest.raises(BatchLimitError, match=rf"sequence 0 has {longest - 4} tokens \+ 16 new, but this model takes at most {longest}"):
+    with pytest.raises(
+        BatchLimitError, match=rf"sequence 0 has {longest - 4} tokens \+ 16 new, but this model takes at most {longest}"
+    ):
         live.forward.generate([[1] + [5] * (longest - 5)], max_new_tokens=16)

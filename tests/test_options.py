@@ -71,7 +71,10 @@ def test_defaults_use_the_embedded_model(pytester):
     assert repr(RunnerSpec()) in line and "model='embedded-roberta'" in line
 
 
-@pytest.mark.parametrize("value, model", [("embedded", "embedded-roberta"), ("embedded-roberta", "embedded-roberta"), ("embedded-llama", "embedded-llama")])
+@pytest.mark.parametrize(
+    "value, model",
+    [("embedded", "embedded-roberta"), ("embedded-roberta", "embedded-roberta"), ("embedded-llama", "embedded-llama")],
+)
 def test_embedded_model_names_select_the_kits_models(pytester, value, model):
     assert f"model='{model}'" in spec_of(pytester, f"--sglang-model={value}")
 
@@ -119,16 +122,38 @@ def _truncate_weights(model):
 
 
 BAD_MODEL_DIRECTORIES = {
-    "a file, not a directory": (lambda model: model / "config.json", None, "not a model directory (no config.json inside)"),
-    "config.json not JSON": (lambda model: model, lambda model: (model / "config.json").write_text("{"), "config.json is not valid JSON"),
-    "config.json a list": (lambda model: model, lambda model: (model / "config.json").write_text("[]"), "not a JSON object"),
-    "truncated safetensors": (lambda model: model, _truncate_weights, "model.safetensors is not a complete safetensors file"),
-    "stray bytes after the tensors": (lambda model: model, lambda model: open(model / "model.safetensors", "ab").write(b"xx"), "2 stray bytes"),
+    "a file, not a directory": (
+        lambda model: model / "config.json",
+        None,
+        "not a model directory (no config.json inside)",
+    ),
+    "config.json not JSON": (
+        lambda model: model,
+        lambda model: (model / "config.json").write_text("{"),
+        "config.json is not valid JSON",
+    ),
+    "config.json a list": (
+        lambda model: model,
+        lambda model: (model / "config.json").write_text("[]"),
+        "not a JSON object",
+    ),
+    "truncated safetensors": (
+        lambda model: model,
+        _truncate_weights,
+        "model.safetensors is not a complete safetensors file",
+    ),
+    "stray bytes after the tensors": (
+        lambda model: model,
+        lambda model: open(model / "model.safetensors", "ab").write(b"xx"),
+        "2 stray bytes",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_MODEL_DIRECTORIES))
-def test_a_broken_model_directory_is_a_usage_error_before_anything_imports(pytester, tmp_path, case, record_property, embedded_llama):
+def test_a_broken_model_directory_is_a_usage_error_before_anything_imports(
+    pytester, tmp_path, case, record_property, embedded_llama
+):
     import shutil
 
     record_property("bad_input", f"--sglang-model: {case}")
@@ -157,7 +182,8 @@ def test_bad_ini_values_are_usage_errors(pytester, ini, expected, record_propert
 
 def test_a_bad_marker_fails_its_test_alone_and_names_the_marker(pytester):
     """No collection abort, no traceback: the test with the bad marker fails with one line naming it."""
-    pytester.makepyfile(test_markers="""
+    pytester.makepyfile(
+        test_markers="""
         import pytest
 
         @pytest.mark.sglang("x")
@@ -174,13 +200,17 @@ def test_a_bad_marker_fails_its_test_alone_and_names_the_marker(pytester):
 
         def test_plain():
             pass
-    """)
+    """
+    )
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, errors=3)
     output = result.stdout.str()
     assert "takes keyword arguments only, e.g. sglang(tp=2) [@pytest.mark.sglang('x')]" in output
     assert "--sglang-tp 'two': expected a whole number >= 1 [@pytest.mark.sglang(tp='two')]" in output
-    assert "--sglang-timeout 'soon': expected a number of seconds >= 0 (0: no limit), e.g. --sglang-timeout 600 [@pytest.mark.sglang(timeout='soon')]" in output
+    assert (
+        "--sglang-timeout 'soon': expected a number of seconds >= 0 (0: no limit), e.g. --sglang-timeout 600 [@pytest.mark.sglang(timeout='soon')]"
+        in output
+    )
     assert "Traceback" not in output and "plugin.py" not in output
 
 
@@ -196,7 +226,9 @@ def test_mezo_options_exist_only_where_the_mezo_plugin_is_loaded(pytester):
     assert "--sst2-dir" not in plain.stdout.str() and "sglang-model" in plain.stdout.str()
     markers = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--markers").stdout.str()
     assert "mezo_full" not in markers and "sglang_gpu" in markers
-    with_mezo = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "pytest_sglang_runner.mezo_plugin", "--help")
+    with_mezo = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", "-p", "pytest_sglang_runner.mezo_plugin", "--help"
+    )
     assert "--sst2-dir" in with_mezo.stdout.str()
 
 
@@ -227,7 +259,9 @@ def pytest_sessionfinish(session):
 """
 
 
-@pytest.mark.parametrize("args", [[], ["--collect-only"], ["--sglang-arg=chunked_prefill_size=64"], ["--sglang-arg=no_such_field=1"]])
+@pytest.mark.parametrize(
+    "args", [[], ["--collect-only"], ["--sglang-arg=chunked_prefill_size=64"], ["--sglang-arg=no_such_field=1"]]
+)
 def test_a_run_without_runner_tests_imports_neither_sglang_nor_torch(pytester, schema_cache, args):
     pytester.makeconftest(IMPORT_REPORT)
     pytester.makepyfile(test_x="def test_x():\n    pass\n")
@@ -246,7 +280,9 @@ def test_a_bad_server_arg_before_any_saved_schema_fails_the_runner_tests_in_one_
     assert server_args.cached_schema() is not None  # saved for the next run's configure
 
 
-def test_an_unknown_attention_backend_before_any_saved_schema_fails_the_runner_tests_in_one_line(pytester, schema_cache):
+def test_an_unknown_attention_backend_before_any_saved_schema_fails_the_runner_tests_in_one_line(
+    pytester, schema_cache
+):
     pytester.makepyfile(test_x="def test_runner(runner):\n    pass\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sglang-attention-backend=nonsense")
     result.assert_outcomes(errors=1)

@@ -52,7 +52,9 @@ def _run(cmd, *, cwd=None, timeout=300) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHON"))}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     result = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(map(str, cmd))} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, cmd))} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    )
     return result
 
 
@@ -63,7 +65,9 @@ def _build_wheel(out: Path) -> Path:
     shutil.copytree(
         ROOT,
         source,
-        ignore=shutil.ignore_patterns(".git", ".device", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.pyc"),
+        ignore=shutil.ignore_patterns(
+            ".git", ".device", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.pyc"
+        ),
     )
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", out / "dist", source])
     (wheel,) = (out / "dist").glob("pytest_sglang_runner-*.whl")
@@ -104,7 +108,9 @@ def _pip_install_into(python: Path, *args) -> None:
 
 
 def _check_the_plugin_loads(python: Path, project: Path) -> None:
-    where = _run([python, "-c", "import pytest_sglang_runner; print(pytest_sglang_runner.__file__)"], cwd=project).stdout.strip()
+    where = _run(
+        [python, "-c", "import pytest_sglang_runner; print(pytest_sglang_runner.__file__)"], cwd=project
+    ).stdout.strip()
     venv = os.path.realpath(python.parent.parent)
     assert os.path.realpath(where).startswith(venv + os.sep), f"pytest_sglang_runner came from {where}, not from {venv}"
 
@@ -114,7 +120,9 @@ def _check_the_plugin_loads(python: Path, project: Path) -> None:
 
     (project / "test_user.py").write_text(USER_TESTS)
     result = _run([*pytest_cmd, "-rs", "--sglang-skip", "test_user.py"], cwd=project)
-    assert re.search(r"^sglang-runner: SGLang \d+\.\d+\.\d+; model=embedded-roberta", result.stdout, re.M), result.stdout
+    assert re.search(r"^sglang-runner: SGLang \d+\.\d+\.\d+; model=embedded-roberta", result.stdout, re.M), (
+        result.stdout
+    )
     assert re.search(r"SKIPPED \[1\] .*--sglang-skip", result.stdout), result.stdout
     assert re.search(r"\b1 passed, 1 skipped\b", result.stdout), result.stdout
 
@@ -148,7 +156,9 @@ def test_the_wheel_metadata_has_a_license_expression_and_project_urls(wheel):
     assert "Typing :: Typed" in metadata.get_all("Classifier")
     urls = dict(line.split(", ", 1) for line in metadata.get_all("Project-URL"))
     assert set(urls) == URLS
-    assert all(url.startswith("https://github.com/pytest-sglang-runner/pytest-sglang-runner") for url in urls.values()), urls
+    assert all(
+        url.startswith("https://github.com/pytest-sglang-runner/pytest-sglang-runner") for url in urls.values()
+    ), urls
     assert {"xdist", "mezo", "test"} <= set(metadata.get_all("Provides-Extra"))
 
 

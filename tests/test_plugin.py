@@ -48,16 +48,25 @@ def test_a_user_test_needs_nothing_but_the_runner_fixture(pytester, tmp_path, mo
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "ignore")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.re_match_lines([r"sglang-runner: SGLang \d+\.\d+\.\d+ built .*embedded-roberta on (cpu|cuda:0), \w+, \w+ attention, tp 1: 1 build in [\d.]+ s"])
+    result.stdout.re_match_lines(
+        [
+            r"sglang-runner: SGLang \d+\.\d+\.\d+ built .*embedded-roberta on (cpu|cuda:0), \w+, \w+ attention, tp 1: 1 build in [\d.]+ s"
+        ]
+    )
     assert json.loads((tmp_path / "state.json").read_text()) == {"distributed": False}
 
 
-@pytest.mark.skipif(torch.cuda.device_count() == 1, reason="two workers need two GPUs, or a CPU runner, which SGLang's CUDA build may not run")
+@pytest.mark.skipif(
+    torch.cuda.device_count() == 1,
+    reason="two workers need two GPUs, or a CPU runner, which SGLang's CUDA build may not run",
+)
 def test_each_xdist_worker_builds_its_own_runner(pytester, tmp_path, monkeypatch):
     monkeypatch.setenv("OUT_DIR", str(tmp_path))
     pytester.makepyfile(test_a=RECORD_RUNNER, test_b=RECORD_RUNNER)
     device = [] if torch.cuda.is_available() else ["--sglang-device=cpu"]  # one GPU per worker
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "ignore", "-n", "2", "--dist", "loadfile", *device)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-W", "ignore", "-n", "2", "--dist", "loadfile", *device
+    )
     result.assert_outcomes(passed=2)
     first, second = records(tmp_path)
     assert first["pid"] != second["pid"]
@@ -74,8 +83,23 @@ def test_two_pytest_sessions_at_once_both_pass_with_disjoint_ports(pytester, tmp
         env = dict(__import__("os").environ, OUT_DIR=str(out))
         sessions.append(
             subprocess.Popen(
-                [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-W", "ignore", "-q", "--sglang-mem-fraction=0.3", str(pytester.path)],
-                cwd=pytester.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "-p",
+                    "no:cacheprovider",
+                    "-W",
+                    "ignore",
+                    "-q",
+                    "--sglang-mem-fraction=0.3",
+                    str(pytester.path),
+                ],
+                cwd=pytester.path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
         )
     outputs = [session.communicate(timeout=600)[0] for session in sessions]
@@ -142,7 +166,13 @@ def test_only_runner_tests_are_regrouped_and_marked(pytester):
     pytester.makepyfile(test_order=ORDERING)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only", "-q")
     # Default config first, in the slots runner tests held; plain tests stay where they were.
-    assert _collected(result) == ["test_plain_first", "test_runner_a", "test_plain_middle", "test_runner_b", "test_plain_last"]
+    assert _collected(result) == [
+        "test_plain_first",
+        "test_runner_a",
+        "test_plain_middle",
+        "test_runner_b",
+        "test_plain_last",
+    ]
     selected = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--collect-only", "-q", "-m", "not sglang_runner")
     assert _collected(selected) == ["test_plain_first", "test_plain_middle", "test_plain_last"]
 
@@ -183,12 +213,22 @@ def _build_lines_of(result) -> list[str]:
 def test_factory_fixtures_name_a_config_that_is_ordered_and_built_once(pytester):
     pytester.makeconftest(FACTORY_CONFTEST)
     pytester.makepyfile(test_named=FACTORY_TESTS)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist", "-v", "-W", "ignore", "--sglang-device", "cpu")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:xdist", "-v", "-W", "ignore", "--sglang-device", "cpu"
+    )
     result.assert_outcomes(passed=4, errors=1)
     # The default config first, then the factory's; each built once.
     order = [line.split(" ")[0] for line in _collected(result)[:5]]
-    assert order == ["test_default_a", "test_default_b", "test_two_configs_at_once", "test_llama_decodes_as_hf", "test_llama_again"], order
-    result.stdout.fnmatch_lines(["*this test asks for runners of different configs (llama, runner, sglang_live); one runner lives per process*"])
+    assert order == [
+        "test_default_a",
+        "test_default_b",
+        "test_two_configs_at_once",
+        "test_llama_decodes_as_hf",
+        "test_llama_again",
+    ], order
+    result.stdout.fnmatch_lines(
+        ["*this test asks for runners of different configs (llama, runner, sglang_live); one runner lives per process*"]
+    )
     builds = _build_lines_of(result)
     assert len(builds) == 2 and all(line.endswith(" s") and ": 1 build in " in line for line in builds), builds
     assert "embedded-llama" in builds[1]
@@ -197,10 +237,14 @@ def test_factory_fixtures_name_a_config_that_is_ordered_and_built_once(pytester)
 def test_xdist_runs_a_factory_config_on_one_worker(pytester):
     pytester.makeconftest(FACTORY_CONFTEST)
     pytester.makepyfile(test_named=FACTORY_TESTS.split("def test_two_configs_at_once")[0])
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "-W", "ignore", "--sglang-device", "cpu")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-n", "2", "-W", "ignore", "--sglang-device", "cpu"
+    )
     result.assert_outcomes(passed=4)
     llama_builds = [line for line in _build_lines_of(result) if "embedded-llama" in line]
-    assert len(llama_builds) == 1 and ": 1 build in " in llama_builds[0], _build_lines_of(result)  # loadgroup: one worker built it
+    assert len(llama_builds) == 1 and ": 1 build in " in llama_builds[0], _build_lines_of(
+        result
+    )  # loadgroup: one worker built it
 
 
 def test_a_bad_factory_setting_is_a_usage_error(pytester):
@@ -265,13 +309,16 @@ def test_an_hf_masked_lm_checkpoint_loads_through_the_model_option(pytester, tmp
                 theirs = hf_model(torch.tensor([ids])).logits[0, mask]
             tolerance = 1e-5 if ours.device.type == "cpu" and not torch.cuda.is_available() else 5e-3
             assert (ours - theirs).abs().max().item() <= tolerance
-        """ % str(checkpoint)
+        """
+        % str(checkpoint)
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "ignore", f"--sglang-model={checkpoint}")
     result.assert_outcomes(passed=1)
 
 
-def test_the_embedded_model_is_written_once_per_machine_and_cleared_on_request(pytester, tmp_path, monkeypatch, record_property):
+def test_the_embedded_model_is_written_once_per_machine_and_cleared_on_request(
+    pytester, tmp_path, monkeypatch, record_property
+):
     """The second run reads the model the first one wrote (a persistent, version-keyed cache);
     --sglang-clear-cache writes it again. The run times are quoted in docs/index.md."""
     import time
@@ -280,11 +327,15 @@ def test_the_embedded_model_is_written_once_per_machine_and_cleared_on_request(p
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     pytester.makepyfile(test_x="def test_x(runner):\n    assert runner.model is not None\n")
-    weights = tmp_path / "xdg" / "pytest-sglang-runner" / "models" / bytes_key() / "embedded-llama" / "model.safetensors"
+    weights = (
+        tmp_path / "xdg" / "pytest-sglang-runner" / "models" / bytes_key() / "embedded-llama" / "model.safetensors"
+    )
     stamps, seconds = [], []
     for args in ([], [], ["--sglang-clear-cache"]):
         started = time.perf_counter()
-        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "ignore", "--sglang-model=embedded-llama", *args)
+        result = pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", "-W", "ignore", "--sglang-model=embedded-llama", *args
+        )
         seconds.append(time.perf_counter() - started)
         result.assert_outcomes(passed=1)
         stamps.append(weights.stat().st_mtime_ns)
@@ -303,8 +354,12 @@ def test_sglang_import_warnings_stay_out_and_the_projects_own_show(pytester, mon
     )
     monkeypatch.setenv("SGLANG_EXTERNAL_MODEL_PACKAGE", "my_models")
     monkeypatch.setenv("PYTHONPATH", str(pytester.path), prepend=os.pathsep)
-    pytester.makepyfile(test_w="def test_w(sglang_forward):\n    assert sglang_forward.logits([[0, 5, 2]])[0].isnan().all(), 'fails on purpose'\n")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sglang-device", "cpu", "-W", "error::DeprecationWarning")
+    pytester.makepyfile(
+        test_w="def test_w(sglang_forward):\n    assert sglang_forward.logits([[0, 5, 2]])[0].isnan().all(), 'fails on purpose'\n"
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--sglang-device", "cpu", "-W", "error::DeprecationWarning"
+    )
     result.assert_outcomes(failed=1, warnings=1)
     result.stdout.fnmatch_lines(["*my_models*warned.py:3: UserWarning: my_models: the project warns here"])
     summary = result.stdout.str().split("warnings summary")[1]

@@ -148,25 +148,82 @@ def port_taken_after_reservation(monkeypatch):
 
 # (test name, kind, marker arguments, words the error must contain)
 BUILD_CASES = [
-    ("unsupported_architecture", "input", "model=MODELS['unsupported_architecture']", ["--sglang-model", "FooForCausalLM", "registers no model class"]),
-    ("unknown_model_type", "input", "model=MODELS['unknown_model_type']", ["--sglang-model", "model_type 'foo'", "correct model_type"]),
-    ("truncated_safetensors", "input", "model=MODELS['truncated_safetensors']", ["--sglang-model", "model.safetensors", "cut short"]),
-    ("config_not_json", "input", "model=MODELS['config_not_json']", ["--sglang-model", "config.json is not valid JSON"]),
+    (
+        "unsupported_architecture",
+        "input",
+        "model=MODELS['unsupported_architecture']",
+        ["--sglang-model", "FooForCausalLM", "registers no model class"],
+    ),
+    (
+        "unknown_model_type",
+        "input",
+        "model=MODELS['unknown_model_type']",
+        ["--sglang-model", "model_type 'foo'", "correct model_type"],
+    ),
+    (
+        "truncated_safetensors",
+        "input",
+        "model=MODELS['truncated_safetensors']",
+        ["--sglang-model", "model.safetensors", "cut short"],
+    ),
+    (
+        "config_not_json",
+        "input",
+        "model=MODELS['config_not_json']",
+        ["--sglang-model", "config.json is not valid JSON"],
+    ),
     ("kv_pool_of_one_token", "input", "max_total_tokens=1", ["--sglang-max-total-tokens 1", "use at least"]),
-    ("uncached_hub_id", "input", "model='no-org/no-such-model'", ["--sglang-model 'no-org/no-such-model'", "not in the local Hugging Face cache"]),
+    (
+        "uncached_hub_id",
+        "input",
+        "model='no-org/no-such-model'",
+        ["--sglang-model 'no-org/no-such-model'", "not in the local Hugging Face cache"],
+    ),
     ("unknown_server_args_field", "input", "no_such_field=1", ["--sglang-arg no_such_field", "no ServerArgs field"]),
-    ("mistyped_server_args_value", "input", "chunked_prefill_size='many'", ["chunked_prefill_size=many", "expected a int value"]),
-    ("unknown_attention_backend", "input", "attention_backend='nonsense'", ["--sglang-attention-backend 'nonsense'", "torch_native"]),
+    (
+        "mistyped_server_args_value",
+        "input",
+        "chunked_prefill_size='many'",
+        ["chunked_prefill_size=many", "expected a int value"],
+    ),
+    (
+        "unknown_attention_backend",
+        "input",
+        "attention_backend='nonsense'",
+        ["--sglang-attention-backend 'nonsense'", "torch_native"],
+    ),
     ("bad_marker_value", "input", "tp='two'", ["--sglang-tp 'two'", "@pytest.mark.sglang(tp='two')"]),
     ("positional_marker", "input", "'x'", ["keyword arguments only", "@pytest.mark.sglang('x')"]),
-    ("weights_of_the_wrong_shape", "build fault", "model=MODELS['weights_of_the_wrong_shape']", ["could not build LlamaForCausalLM", "Error"]),
-    ("model_class_raising_in_init", "build fault", "model=MODELS['model_class_raising_in_init']", ["could not build BrokenInitForCausalLM", "a bug in the user's __init__", "broken_models"]),
-    ("model_class_raising_in_forward", "build fault", "model=MODELS['model_class_raising_in_forward']", ["could not build BrokenForwardForCausalLM", "a bug in the user's forward", "broken_models"]),
+    (
+        "weights_of_the_wrong_shape",
+        "build fault",
+        "model=MODELS['weights_of_the_wrong_shape']",
+        ["could not build LlamaForCausalLM", "Error"],
+    ),
+    (
+        "model_class_raising_in_init",
+        "build fault",
+        "model=MODELS['model_class_raising_in_init']",
+        ["could not build BrokenInitForCausalLM", "a bug in the user's __init__", "broken_models"],
+    ),
+    (
+        "model_class_raising_in_forward",
+        "build fault",
+        "model=MODELS['model_class_raising_in_forward']",
+        ["could not build BrokenForwardForCausalLM", "a bug in the user's forward", "broken_models"],
+    ),
 ]
 if not ON_GPU or torch.cuda.device_count() >= 2:
-    BUILD_CASES.append(("tp2_weights_of_the_wrong_shape", "build fault", "model=MODELS['weights_of_the_wrong_shape'], tp=2", ["could not build LlamaForCausalLM"]))
+    BUILD_CASES.append(
+        (
+            "tp2_weights_of_the_wrong_shape",
+            "build fault",
+            "model=MODELS['weights_of_the_wrong_shape'], tp=2",
+            ["could not build LlamaForCausalLM"],
+        )
+    )
 
-IN_TEST_FAULTS = '''
+IN_TEST_FAULTS = """
 @pytest.mark.sglang()
 def test_port_taken_after_reservation(port_taken_after_reservation, runner_factory):
     live = runner_factory.get(max_total_tokens=4000)  # a fresh build
@@ -200,8 +257,14 @@ def test_leaves_the_kv_pool_full(sglang_forward, runner):
     sglang_forward.prepare([[1] * length] * sequences)
     assert batches.free_kv_slots(runner) < length
     assert False, "a test fails with the KV pool full"
-'''
-IN_TEST_NAMES = ["test_port_taken_after_reservation", "test_raises_with_a_prepared_batch_holding_kv", "test_raises_mid_generation_loop", "test_closes_the_runner_itself", "test_leaves_the_kv_pool_full"]
+"""
+IN_TEST_NAMES = [
+    "test_port_taken_after_reservation",
+    "test_raises_with_a_prepared_batch_holding_kv",
+    "test_raises_mid_generation_loop",
+    "test_closes_the_runner_itself",
+    "test_leaves_the_kv_pool_full",
+]
 
 
 def _fault_models(root: Path, source: str) -> dict:
@@ -229,10 +292,14 @@ def _fault_models(root: Path, source: str) -> dict:
 
 
 def _message_lines(message: str) -> list[str]:
-    return [line for line in message.strip().splitlines() if line and not line.startswith("(the cause's full traceback")]
+    return [
+        line for line in message.strip().splitlines() if line and not line.startswith("(the cause's full traceback")
+    ]
 
 
-def test_build_errors_are_short_and_every_fault_leaves_the_session_healthy(pytester, tmp_path, lock_dir, monkeypatch, record_property, embedded_llama):
+def test_build_errors_are_short_and_every_fault_leaves_the_session_healthy(
+    pytester, tmp_path, lock_dir, monkeypatch, record_property, embedded_llama
+):
     """Each case fails its own test in a few lines naming the setting, the value and the fix; after
     each, no process group, port lock, child process or GPU memory is left, and the next build
     gives the same logits as the first."""
@@ -247,7 +314,9 @@ def test_build_errors_are_short_and_every_fault_leaves_the_session_healthy(pytes
     cases = "\n".join(
         f"@pytest.mark.sglang({marker})\ndef test_{name}(runner):\n    pass\n" for name, _, marker, _ in BUILD_CASES
     )
-    pytester.makepyfile(test_faults=f"import pytest\n\nMODELS = __import__('json').loads(__import__('os').environ['FAULT_MODELS'])\n\n{cases}\n{IN_TEST_FAULTS}")
+    pytester.makepyfile(
+        test_faults=f"import pytest\n\nMODELS = __import__('json').loads(__import__('os').environ['FAULT_MODELS'])\n\n{cases}\n{IN_TEST_FAULTS}"
+    )
     result = pytester.runpytest_subprocess(*INNER_ARGS, f"--sglang-model={embedded_llama}", timeout=1200)
     entries = {entry["name"]: entry for entry in map(json.loads, record.read_text().splitlines())}
 
@@ -257,7 +326,10 @@ def test_build_errors_are_short_and_every_fault_leaves_the_session_healthy(pytes
         lines = _message_lines(entry["message"])
         if entry["outcome"] != "setup failed" or len(lines) > 2 or not all(word in entry["message"] for word in words):
             unclear.append((name, entry["outcome"], entry["message"]))
-        if any(entry["health"].get(key) for key in ("process_group", "lock_fds", "child_processes", "gpu_bytes_over_baseline")) or not entry["health"].get("next_build_matches"):
+        if any(
+            entry["health"].get(key)
+            for key in ("process_group", "lock_fds", "child_processes", "gpu_bytes_over_baseline")
+        ) or not entry["health"].get("next_build_matches"):
             unhealthy.append((name, entry["health"]))
     for name in IN_TEST_NAMES:
         entry = entries.get(name, {"outcome": "missing", "health": {}})
@@ -268,8 +340,13 @@ def test_build_errors_are_short_and_every_fault_leaves_the_session_healthy(pytes
     inputs = [case for case in BUILD_CASES if case[1] == "input"]
     faults = [case for case in BUILD_CASES if case[1] != "input"] + IN_TEST_NAMES
     record_property("build_time_bad_inputs_tried", len(inputs))
-    record_property("build_time_bad_inputs_clear", len(inputs) - sum(1 for case in unclear if case[0] in {c[0] for c in inputs}))
-    record_property("build_faults_clear", len(BUILD_CASES) - len(inputs) - sum(1 for case in unclear if case[0] not in {c[0] for c in inputs}))
+    record_property(
+        "build_time_bad_inputs_clear", len(inputs) - sum(1 for case in unclear if case[0] in {c[0] for c in inputs})
+    )
+    record_property(
+        "build_faults_clear",
+        len(BUILD_CASES) - len(inputs) - sum(1 for case in unclear if case[0] not in {c[0] for c in inputs}),
+    )
     record_property("faults_injected", len(faults) + len(inputs))
     record_property("faults_left_the_session_healthy", len(faults) + len(inputs) - len(unhealthy))
     record_property("lock_files_left", lock_files_left(lock_dir))
@@ -316,7 +393,9 @@ def test_a_hundred_build_teardown_cycles_grow_nothing(runner_factory, record_pro
     for key, value in growth.items():
         record_property(f"{key}_growth_per_cycle", round(value / 2**20, 4) if key == "rss" else round(value, 3))
     assert growth["rss"] < 0.25 * 2**20, growth  # a leaked KV pool or weight copy would be MBs per cycle
-    assert last["fds"] == first["fds"] and last["threads"] == first["threads"] and last["sockets"] == first["sockets"], (first, last)
+    assert (
+        last["fds"] == first["fds"] and last["threads"] == first["threads"] and last["sockets"] == first["sockets"]
+    ), (first, last)
     if ON_GPU:
         before = torch.cuda.memory_allocated()
         runner_factory.get(max_total_tokens=256)
@@ -346,7 +425,9 @@ def _session_command(directory: Path, model: str, workers: int) -> list[str]:
     return [sys.executable, "-m", "pytest", *INNER_ARGS, f"--sglang-model={model}", *xdist, *device, str(directory)]
 
 
-def test_eight_sessions_at_once_pass_with_disjoint_ports(tmp_path, lock_dir, monkeypatch, record_property, embedded_llama):
+def test_eight_sessions_at_once_pass_with_disjoint_ports(
+    tmp_path, lock_dir, monkeypatch, record_property, embedded_llama
+):
     """On CPU two of the sessions run two xdist workers each, so ten processes build runners at once."""
     out = tmp_path / "out"
     out.mkdir()
@@ -361,7 +442,14 @@ def test_eight_sessions_at_once_pass_with_disjoint_ports(tmp_path, lock_dir, mon
         for name in ("test_a.py", "test_b.py")[: 2 if workers else 1]:
             (directory / name).write_text(RUNNER_TEST)
         log = open(directory / "output.txt", "w")
-        processes.append(subprocess.Popen(_session_command(directory, embedded_llama, workers), cwd=directory, stdout=log, stderr=subprocess.STDOUT))
+        processes.append(
+            subprocess.Popen(
+                _session_command(directory, embedded_llama, workers),
+                cwd=directory,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
         log.close()
     for process in processes:
         process.wait(timeout=900)
@@ -425,11 +513,20 @@ def test_runner(sglang_live):
 """
 
 TP2 = pytest.mark.skipif(0 < torch.cuda.device_count() < 2, reason="TP=2 on CUDA needs 2 GPUs")
-PHASES = ["collection", "build", "test", "teardown", pytest.param("tp2 build", marks=TP2), pytest.param("tp2 test", marks=TP2)]
+PHASES = [
+    "collection",
+    "build",
+    "test",
+    "teardown",
+    pytest.param("tp2 build", marks=TP2),
+    pytest.param("tp2 test", marks=TP2),
+]
 
 
 @pytest.mark.parametrize("phase", PHASES)
-def test_sigint_at_each_phase_exits_2_and_leaves_nothing(pytester, tmp_path, lock_dir, monkeypatch, phase, record_property, embedded_llama):
+def test_sigint_at_each_phase_exits_2_and_leaves_nothing(
+    pytester, tmp_path, lock_dir, monkeypatch, phase, record_property, embedded_llama
+):
     """Ctrl-C at that point: exit code 2, no process left (TP peers included), no lock file, no port."""
     phase_file = tmp_path / "phase"
     monkeypatch.setenv("SIGINT_PHASE", phase.replace("tp2 ", ""))
@@ -437,15 +534,28 @@ def test_sigint_at_each_phase_exits_2_and_leaves_nothing(pytester, tmp_path, loc
     pytester.makeconftest(PHASE_CONFTEST)
     pytester.makepyfile(test_phase=PHASE_TESTS)
     tp = ["--sglang-tp=2"] if phase.startswith("tp2") else []
-    process = subprocess.Popen([sys.executable, "-m", "pytest", *INNER_ARGS, f"--sglang-model={embedded_llama}", *tp], cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", *INNER_ARGS, f"--sglang-model={embedded_llama}", *tp],
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while not phase_file.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    family = [process.pid] + [child.pid for child in psutil.Process(process.pid).children(recursive=True)] if process.poll() is None else []
+    family = (
+        [process.pid] + [child.pid for child in psutil.Process(process.pid).children(recursive=True)]
+        if process.poll() is None
+        else []
+    )
     os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C does: the whole foreground group
     output, _ = process.communicate(timeout=120)
     time.sleep(1)  # killed peers are reaped by their parent's exit
-    survivors = [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    survivors = [
+        pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ]
     record_property("sigint_phase", phase)
     record_property("sigint_exit_code", process.returncode)
     record_property("sigint_processes_left", len(survivors))

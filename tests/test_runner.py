@@ -225,7 +225,15 @@ def _listening_sockets():
     return [c.laddr for c in psutil.Process().net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
 
 
-@pytest.mark.parametrize("tp", [1, pytest.param(2, marks=pytest.mark.skipif(0 < torch.cuda.device_count() < 2, reason="TP=2 on CUDA needs 2 GPUs"))])
+@pytest.mark.parametrize(
+    "tp",
+    [
+        1,
+        pytest.param(
+            2, marks=pytest.mark.skipif(0 < torch.cuda.device_count() < 2, reason="TP=2 on CUDA needs 2 GPUs")
+        ),
+    ],
+)
 def test_every_listening_socket_is_loopback(runner_factory, tp, record_property):
     """The dist rendezvous (torch's TCPStore) included: it would listen on every interface by itself."""
     live = runner_factory.get(tp=tp)

@@ -109,7 +109,7 @@ def test_the_engine_changes_nothing_in_the_pytest_process(sglang_engine):
 # Deaths, failed starts and the end of the session, in inner sessions of their own
 # ---------------------------------------------------------------------------------------------
 
-LIFECYCLE_TESTS = '''
+LIFECYCLE_TESTS = """
 import json, os, signal
 import pytest
 from pytest_sglang_runner.services import ServiceError, ServiceRestarted
@@ -146,10 +146,12 @@ def test_a_server_that_cannot_start(sglang_server):
 @pytest.mark.sglang(server_args={"tokenizer_path": "/nonexistent/tokenizer"})
 def test_the_failure_is_remembered(sglang_server):
     pass
-'''
+"""
 
 
-def test_deaths_and_failed_starts_give_clear_errors_and_leave_nothing(pytester, tmp_path, embedded_llama, monkeypatch, record_property):
+def test_deaths_and_failed_starts_give_clear_errors_and_leave_nothing(
+    pytester, tmp_path, embedded_llama, monkeypatch, record_property
+):
     """A server or Engine killed mid-test fails that test at once, naming the death; the next test
     gets a fresh one (with a `ServiceRestarted` warning); a server that cannot start fails its test
     with the end of its log, once per config; at the end no process of any of them is left."""
@@ -175,17 +177,21 @@ def test_the_runners_roberta_embedding_is_hfs_normalised_first_token_vector(sgla
     """What the Engine and server return for the kit's masked LM: HF's <s> hidden state, L2-normalised."""
     ours = sglang_forward.embeddings(PROMPTS).float().cpu()
     with torch.no_grad():
-        rows = [hf_model.roberta(torch.tensor([ids])).last_hidden_state[0, 0] for ids in sglang_forward.token_lists(PROMPTS)]
-    torch.testing.assert_close(ours, torch.nn.functional.normalize(torch.stack(rows), dim=-1), atol=1e-5 if not ON_GPU else 2e-3, rtol=0)
+        rows = [
+            hf_model.roberta(torch.tensor([ids])).last_hidden_state[0, 0] for ids in sglang_forward.token_lists(PROMPTS)
+        ]
+    torch.testing.assert_close(
+        ours, torch.nn.functional.normalize(torch.stack(rows), dim=-1), atol=1e-5 if not ON_GPU else 2e-3, rtol=0
+    )
 
 
-LIFELINE_PARENT = '''
+LIFELINE_PARENT = """
 import json, sys, time
 from pytest_sglang_runner.services.process import HostedProcess
 host = HostedProcess("server", "pytest_sglang_runner.services.server_host", [json.dumps(json.loads(sys.argv[1]))], device="cpu")
 print(host.pid, flush=True)
 time.sleep(600)
-'''
+"""
 
 
 def test_a_host_goes_with_a_pytest_that_was_killed(embedded_llama):
@@ -198,8 +204,16 @@ def test_a_host_goes_with_a_pytest_that_was_killed(embedded_llama):
     from pytest_sglang_runner import ports
 
     reservation = ports.reserve_port()
-    kwargs = {"model_path": embedded_llama, "device": "cpu", "host": "127.0.0.1", "port": reservation.port, "attention_backend": "torch_native"}
-    parent = subprocess.Popen([sys.executable, "-c", LIFELINE_PARENT, json.dumps(kwargs)], stdout=subprocess.PIPE, text=True)
+    kwargs = {
+        "model_path": embedded_llama,
+        "device": "cpu",
+        "host": "127.0.0.1",
+        "port": reservation.port,
+        "attention_backend": "torch_native",
+    }
+    parent = subprocess.Popen(
+        [sys.executable, "-c", LIFELINE_PARENT, json.dumps(kwargs)], stdout=subprocess.PIPE, text=True
+    )
     try:
         host = int(parent.stdout.readline())
         parent.kill()

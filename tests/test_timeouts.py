@@ -50,7 +50,9 @@ def test_a_hang_is_interrupted_with_every_threads_stack(capfd):
         with timeouts.deadline("forward", 0.5):
             hang_here()
     assert time.monotonic() - started < 5
-    assert str(raised.value).startswith("the runner's forward ran past the 0.5 s limit") and HOW_TO_RAISE in str(raised.value)
+    assert str(raised.value).startswith("the runner's forward ran past the 0.5 s limit") and HOW_TO_RAISE in str(
+        raised.value
+    )
     stderr = capfd.readouterr().err
     assert "Current thread 0x" in stderr and "Thread 0x" in stderr and "in hang_here" in stderr
     assert signal.getsignal(signal.SIGALRM) is handler
@@ -350,9 +352,20 @@ def hung_session(tmp_path_factory, embedded_llama) -> HungSession:
         PYTEST_SGLANG_PORT_LOCK_DIR=str(lock_dir),
         PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
     )
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-W", "ignore", f"--sglang-timeout={SESSION_LIMIT_S}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "ignore",
+        f"--sglang-timeout={SESSION_LIMIT_S}",
+    ]
     started = time.monotonic()
-    process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         output, _ = process.communicate(timeout=600)
     finally:
@@ -376,7 +389,9 @@ def assert_timed_out(session: HungSession, test: str, when: str, phase: str, lim
     report = session.report(test, when)
     assert report["outcome"] == "failed", (report, session.output[-5000:])
     assert report["seconds"] < limit + 30, report["seconds"]
-    assert f"the runner's {phase} ran past the {limit} s limit" in report["message"] and HOW_TO_RAISE in report["message"]
+    assert (
+        f"the runner's {phase} ran past the {limit} s limit" in report["message"] and HOW_TO_RAISE in report["message"]
+    )
     stderr = report["stderr"]
     assert f"sglang-runner: the runner's {phase} ran past the {limit} s limit" in stderr
     assert re.search(r"^Thread 0x[0-9a-f]+ \(most recent call first\):", stderr, re.M) and "Current thread 0x" in stderr
@@ -388,7 +403,9 @@ def assert_passed(session: HungSession, test: str):
     assert report["outcome"] == "passed", (report, session.output[-5000:])
 
 
-def test_a_forward_that_hangs_fails_with_the_stacks_and_the_next_test_gets_a_fresh_runner(hung_session, record_property):
+def test_a_forward_that_hangs_fails_with_the_stacks_and_the_next_test_gets_a_fresh_runner(
+    hung_session, record_property
+):
     assert_timed_out(hung_session, "test_forward_hang", "call", "forward", 3, "hang_in_model_forward")
     assert_passed(hung_session, "test_fresh_runner_after_forward_hang")
     record_property("forward_timeout_seconds", round(hung_session.report("test_forward_hang", "call")["seconds"], 1))
@@ -409,9 +426,15 @@ def test_a_teardown_that_hangs_frees_the_ports_and_the_next_build_works(hung_ses
 
 def test_a_teardown_that_hangs_at_the_session_end_fails_the_run(hung_session):
     after_the_tests = hung_session.output[hung_session.output.rindex("short test summary info") :]
-    assert f"sglang-runner: the runner's teardown ran past the {SESSION_LIMIT_S} s limit ({HOW_TO_RAISE}); every thread's stack" in after_the_tests
+    assert (
+        f"sglang-runner: the runner's teardown ran past the {SESSION_LIMIT_S} s limit ({HOW_TO_RAISE}); every thread's stack"
+        in after_the_tests
+    )
     assert "in hang_in_destroy_model_parallel" in after_the_tests
-    assert f"sglang-runner: the runner's teardown ran past the {SESSION_LIMIT_S} s limit (every thread's stack is on stderr); raise the limit with {HOW_TO_RAISE}, or 0 for none (TP peers stopped, ports released)" in after_the_tests
+    assert (
+        f"sglang-runner: the runner's teardown ran past the {SESSION_LIMIT_S} s limit (every thread's stack is on stderr); raise the limit with {HOW_TO_RAISE}, or 0 for none (TP peers stopped, ports released)"
+        in after_the_tests
+    )
     assert hung_session.returncode == pytest.ExitCode.TESTS_FAILED
 
 

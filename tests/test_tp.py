@@ -73,7 +73,9 @@ def all_reduced(rank):
 
 """
 
-HEALTHY_TESTS = RANK_HELPERS + """
+HEALTHY_TESTS = (
+    RANK_HELPERS
+    + """
 
 def test_all_reduce_and_forward_on_every_rank(sglang_rank, sglang_forward, runner):
     assert sglang_rank.world_size == 2 and sglang_rank.runner is runner
@@ -96,8 +98,11 @@ def test_a_skip_on_one_rank(sglang_rank):
 def test_only_rank0_fixtures_are_refused(sglang_rank, tmp_path):
     pass
 """
+)
 
-FAULT_TESTS = RANK_HELPERS + """
+FAULT_TESTS = (
+    RANK_HELPERS
+    + """
 
 def test_a_rank_that_raises(sglang_rank):
     if sglang_rank.rank == 1:
@@ -130,7 +135,9 @@ def test_a_rank_that_is_killed(sglang_rank):
 
 def test_still_healthy_at_the_end(sglang_rank):
     assert all_reduced(sglang_rank) == 3.0
-""" % HANG_LIMIT_S
+"""
+    % HANG_LIMIT_S
+)
 
 REPLAY_TESTS = """
 import pytest
@@ -165,7 +172,9 @@ def inner_run(pytester, tmp_path, monkeypatch, request):
 
     def run(**files):
         pytester.makepyfile(**files)
-        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "ignore", f"--sglang-device={device}", *server_args, timeout=900)
+        result = pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", "-W", "ignore", f"--sglang-device={device}", *server_args, timeout=900
+        )
         entries = [json.loads(line) for line in record.read_text().splitlines()]
         return result, {entry["name"]: entry for entry in entries}
 
@@ -174,7 +183,11 @@ def inner_run(pytester, tmp_path, monkeypatch, request):
 
 def test_every_rank_mode_runs_the_body_on_each_rank(inner_run):
     result, tests = inner_run(test_every_rank=HEALTHY_TESTS)
-    for name in ("test_all_reduce_and_forward_on_every_rank", "test_parameters_reach_every_rank[1]", "test_parameters_reach_every_rank[3]"):
+    for name in (
+        "test_all_reduce_and_forward_on_every_rank",
+        "test_parameters_reach_every_rank[1]",
+        "test_parameters_reach_every_rank[3]",
+    ):
         assert tests[name]["outcome"] == "passed", tests[name]
     skipped = tests["test_a_skip_on_one_rank"]
     assert skipped["outcome"] == "skipped" and "rank 1: not on rank 1" in skipped["message"], skipped
@@ -207,6 +220,8 @@ def test_rank_faults_fail_fast_name_the_rank_and_leave_a_fresh_group(inner_run, 
 def test_a_replayed_forward_that_fails_on_rank0_does_not_poison_the_session(inner_run):
     result, tests = inner_run(test_replay=REPLAY_TESTS)
     first = tests["test_rank0_forward_raises_before_any_collective"]
-    assert first["outcome"] == "failed" and "rank 0's model fails before its first collective" in first["message"], first
+    assert first["outcome"] == "failed" and "rank 0's model fails before its first collective" in first["message"], (
+        first
+    )
     assert tests["test_replay_works_again"]["outcome"] == "passed", tests["test_replay_works_again"]
     assert tests["<end>"]["peers_after_close"] == 0

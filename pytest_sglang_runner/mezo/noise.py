@@ -120,8 +120,13 @@ class Shard:
     length: int
 
     def __post_init__(self):
-        if not 0 <= self.dim < len(self.shape) or not 0 <= self.start <= self.start + self.length <= self.shape[self.dim]:
-            raise ValueError(f"a shard of {self.length} from {self.start} along dim {self.dim} does not fit in {self.shape}")
+        if (
+            not 0 <= self.dim < len(self.shape)
+            or not 0 <= self.start <= self.start + self.length <= self.shape[self.dim]
+        ):
+            raise ValueError(
+                f"a shard of {self.length} from {self.start} along dim {self.dim} does not fit in {self.shape}"
+            )
 
     @property
     def local_shape(self) -> tuple[int, ...]:
@@ -157,7 +162,10 @@ def z_pieces(seed: int, param_index: int, numel: int, shard: Shard | None, devic
         for run in range(count):
             for offset in range(0, length, budget):
                 starts = torch.tensor([first + run * stride + offset], device=device, dtype=torch.int64)
-                yield run * length + offset, normals_at(seed, param_index, starts, min(budget, length - offset), aligned).reshape(-1)
+                yield (
+                    run * length + offset,
+                    normals_at(seed, param_index, starts, min(budget, length - offset), aligned).reshape(-1),
+                )
     else:  # short runs (a columns shard's rows): many runs a piece
         per_piece = max(1, budget // length)
         for run in range(0, count, per_piece):
@@ -201,15 +209,21 @@ class TorchPasses:
 
     name = "torch"
 
-    def __init__(self, flat: torch.Tensor, segments: Sequence[Segment], targets: Sequence[torch.Tensor], chunk: int = 1 << 20):
+    def __init__(
+        self, flat: torch.Tensor, segments: Sequence[Segment], targets: Sequence[torch.Tensor], chunk: int = 1 << 20
+    ):
         self.flat, self.segments, self.targets, self.chunk = flat, list(segments), list(targets), chunk
         # Counter and parameter index of every group of four flat elements (segments are 4-aligned).
         ends = [s.offset for s in self.segments[1:]] + [flat.numel()]
         groups = [(end - s.offset) // 4 for s, end in zip(self.segments, ends)]
         device = flat.device
         self.counters = torch.cat([torch.arange(n, dtype=torch.int64, device=device) for n in groups])
-        self.indices = torch.cat([torch.full((n,), index, dtype=torch.int64, device=device) for index, n in enumerate(groups)])
-        self.decays = torch.cat([torch.full((4 * n,), float(s.decays), device=device) for s, n in zip(self.segments, groups)])
+        self.indices = torch.cat(
+            [torch.full((n,), index, dtype=torch.int64, device=device) for index, n in enumerate(groups)]
+        )
+        self.decays = torch.cat(
+            [torch.full((4 * n,), float(s.decays), device=device) for s, n in zip(self.segments, groups)]
+        )
 
     def z(self, seed: int) -> torch.Tensor:
         """z over the flat layout (padding included)."""
@@ -250,8 +264,21 @@ class ShardedTorchPasses:
 
     name = "torch"
 
-    def __init__(self, flat, segments: Sequence[Segment], targets: Sequence[torch.Tensor], shards: Sequence[Shard | None], chunk: int = 1 << 18):
-        self.flat, self.segments, self.targets, self.shards, self.chunk = flat, list(segments), list(targets), list(shards), chunk
+    def __init__(
+        self,
+        flat,
+        segments: Sequence[Segment],
+        targets: Sequence[torch.Tensor],
+        shards: Sequence[Shard | None],
+        chunk: int = 1 << 18,
+    ):
+        self.flat, self.segments, self.targets, self.shards, self.chunk = (
+            flat,
+            list(segments),
+            list(targets),
+            list(shards),
+            chunk,
+        )
         for seg, target, shard in zip(self.segments, self.targets, self.shards, strict=True):
             if shard is not None and (tuple(target.shape) != shard.local_shape or seg.numel != shard.numel):
                 raise ValueError(f"a view of shape {tuple(target.shape)} is not its shard's {shard.local_shape}")
@@ -299,7 +326,9 @@ class TritonPasses:
 
     name = "triton"
 
-    def __init__(self, flat: torch.Tensor, segments: Sequence[Segment], targets: Sequence[torch.Tensor], block: int = 2048):
+    def __init__(
+        self, flat: torch.Tensor, segments: Sequence[Segment], targets: Sequence[torch.Tensor], block: int = 2048
+    ):
         import triton.language as tl
 
         dtypes = {t.dtype for t in targets}
@@ -319,14 +348,37 @@ class TritonPasses:
         self.seg_target = as_tensor([t.data_ptr() for t in targets], torch.int64)
         self.seg_decays = as_tensor([float(s.decays) for s in segments], torch.float32)
 
-    def _launch(self, mode: int, seed: int = 0, scale: float = 0.0, lr: float = 0.0, grad: float = 0.0, weight_decay: float = 0.0) -> None:
+    def _launch(
+        self,
+        mode: int,
+        seed: int = 0,
+        scale: float = 0.0,
+        lr: float = 0.0,
+        grad: float = 0.0,
+        weight_decay: float = 0.0,
+    ) -> None:
         from .triton_kernels import zo_pass
 
         zo_pass[(self.blocks,)](
-            self.flat, self.first_block, self.seg_offset, self.seg_numel, self.seg_target, self.seg_decays,
-            seed & MASK32, (seed >> 32) & MASK32, float(scale), float(lr), float(grad), float(weight_decay),
-            MODE=mode, TARGET_DTYPE=self.target_dtype, SEGMENTS=len(self.seg_numel), SEARCH_STEPS=self.search_steps,
-            BLOCK=self.block, ROUNDS=PHILOX_ROUNDS, FAST_MATH=os.environ.get("TRITON_INTERPRET") != "1",
+            self.flat,
+            self.first_block,
+            self.seg_offset,
+            self.seg_numel,
+            self.seg_target,
+            self.seg_decays,
+            seed & MASK32,
+            (seed >> 32) & MASK32,
+            float(scale),
+            float(lr),
+            float(grad),
+            float(weight_decay),
+            MODE=mode,
+            TARGET_DTYPE=self.target_dtype,
+            SEGMENTS=len(self.seg_numel),
+            SEARCH_STEPS=self.search_steps,
+            BLOCK=self.block,
+            ROUNDS=PHILOX_ROUNDS,
+            FAST_MATH=os.environ.get("TRITON_INTERPRET") != "1",
         )
 
     def perturb(self, seed: int, scale: float) -> None:
@@ -349,7 +401,9 @@ def triton_available(device: torch.device) -> bool:
     return True
 
 
-def make_passes(flat: torch.Tensor, segments, targets, kernel: str = "auto", shards: Sequence[Shard | None] | None = None):
+def make_passes(
+    flat: torch.Tensor, segments, targets, kernel: str = "auto", shards: Sequence[Shard | None] | None = None
+):
     """``kernel``: "triton" (CUDA), "torch" (anywhere), or "auto" (Triton where it can run).
 
     With a sharded view among ``shards`` (TP > 1) the passes are `ShardedTorchPasses`: the Triton
@@ -359,7 +413,9 @@ def make_passes(flat: torch.Tensor, segments, targets, kernel: str = "auto", sha
         raise ValueError(f"kernel must be 'auto', 'triton' or 'torch', not {kernel!r}")
     if shards is not None and any(s is not None for s in shards):
         if kernel == "triton":
-            raise ValueError("the Triton passes handle whole parameters only (TP=1): sharded views need kernel='auto' or 'torch'")
+            raise ValueError(
+                "the Triton passes handle whole parameters only (TP=1): sharded views need kernel='auto' or 'torch'"
+            )
         return ShardedTorchPasses(flat, segments, targets, shards)
     if kernel == "triton" or (kernel == "auto" and triton_available(flat.device)):
         return TritonPasses(flat, segments, targets)

@@ -86,12 +86,16 @@ def roberta_sglang_views(model: torch.nn.Module, hf_config=None) -> list[ParamVi
 def _tp_rank(word_embeddings, tp_size: int) -> int:
     """This process's TP rank, as the vocab-parallel word embedding was built for it."""
     if word_embeddings.tp_size != tp_size:
-        raise NotImplementedError(f"the word embedding is split {word_embeddings.tp_size} ways, the TP group has {tp_size} ranks")
+        raise NotImplementedError(
+            f"the word embedding is split {word_embeddings.tp_size} ways, the TP group has {tp_size} ranks"
+        )
     first_row = word_embeddings.shard_indices.padded_org_vocab_start_index
     return first_row // (word_embeddings.org_vocab_size_padded // tp_size)
 
 
-def _tp_view(name: str, sglang_name: str, tensor: torch.Tensor, module, full_shape, rank: int, tp_size: int) -> ParamView:
+def _tp_view(
+    name: str, sglang_name: str, tensor: torch.Tensor, module, full_shape, rank: int, tp_size: int
+) -> ParamView:
     """Rank ``rank``'s part of HF parameter ``name`` (full shape ``full_shape``), from SGLang's layer.
 
     - ``VocabParallelEmbedding`` (word embeddings): rows; rank r holds padded-vocab rows
@@ -131,6 +135,10 @@ def _tp_view(name: str, sglang_name: str, tensor: torch.Tensor, module, full_sha
             f"{name}: rank {rank} of {tp_size} holds {tuple(local.shape)}, expected {tuple(expected)} "
             "(a layout padded for this TP size is not mapped)"
         )
-    if shard is not None and not isinstance(module, VocabParallelEmbedding) and shard.length * tp_size != full_shape[shard.dim]:
+    if (
+        shard is not None
+        and not isinstance(module, VocabParallelEmbedding)
+        and shard.length * tp_size != full_shape[shard.dim]
+    ):
         raise NotImplementedError(f"{name}: {tp_size} shards of {shard.length} do not make {full_shape[shard.dim]}")
     return ParamView(name, local, shard)

@@ -37,8 +37,6 @@ OPTION = "--sst2-dir"
 INI = "sst2_dir"
 
 
-
-
 @dataclass(frozen=True)
 class Example:
     sentence: str
@@ -186,7 +184,9 @@ def write_synthetic_glue(directory: Path, n_train: int = 512, n_dev: int = 128, 
     return Path(directory)
 
 
-def write_synthetic_kshot(root: Path, ks: Sequence[int] = (16,), seeds: Sequence[int] = KSHOT_SEEDS, n_test: int = 128) -> Path:
+def write_synthetic_kshot(
+    root: Path, ks: Sequence[int] = (16,), seeds: Sequence[int] = KSHOT_SEEDS, n_test: int = 128
+) -> Path:
     """MeZO's layout ``root/k-shot/SST-2/{k}-{seed}/{train,dev,test}.tsv`` from synthetic data."""
     pos, neg, neu = embedded_word_lists()
     test = synthetic_examples(n_test, pos, neg, neu, seed=10_000)
@@ -231,7 +231,23 @@ def run_kshot(
         if dev > best["dev"]:
             best.update(dev=dev, test=o.evaluate(data["test"], batch_size)[1], step=o.global_step)
 
-    opt.train(data["train"], steps, batch_size=batch_size, eval_examples=data["dev"], eval_every=eval_every,
-              on_eval=on_eval, progress=progress, data_seed=seed)
-    return dict(k=k, seed=seed, zero_shot_test=zero_shot, best_dev=best["dev"], test=best["test"],
-                best_step=best["step"], history=opt.history, checkpoint=opt.checkpoint)
+    opt.train(
+        data["train"],
+        steps,
+        batch_size=batch_size,
+        eval_examples=data["dev"],
+        eval_every=eval_every,
+        on_eval=on_eval,
+        progress=progress,
+        data_seed=seed,
+    )
+    return dict(
+        k=k,
+        seed=seed,
+        zero_shot_test=zero_shot,
+        best_dev=best["dev"],
+        test=best["test"],
+        best_step=best["step"],
+        history=opt.history,
+        checkpoint=opt.checkpoint,
+    )

@@ -55,8 +55,16 @@ def segment_of(pid, first_block_ptr, SEGMENTS: tl.constexpr, SEARCH_STEPS: tl.co
 def zo_pass(
     flat_ptr,  # fp32 masters
     first_block_ptr,  # int32 [segments + 1]: the first program of each segment, then the total
-    seg_offset_ptr, seg_numel_ptr, seg_target_ptr, seg_decays_ptr,  # per segment
-    seed_lo, seed_hi, scale, lr, grad, weight_decay,
+    seg_offset_ptr,
+    seg_numel_ptr,
+    seg_target_ptr,
+    seg_decays_ptr,  # per segment
+    seed_lo,
+    seed_hi,
+    scale,
+    lr,
+    grad,
+    weight_decay,
     MODE: tl.constexpr,  # 0 perturb, 1 restore, 2 update
     TARGET_DTYPE: tl.constexpr,
     SEGMENTS: tl.constexpr,
@@ -80,8 +88,13 @@ def zo_pass(
         k = start // 4 + tl.arange(0, BLOCK // 4)
         zero = (k * 0).to(tl.uint32)
         x0, x1, x2, x3 = philox(
-            k.to(tl.uint32), (k >> 32).to(tl.uint32), seg.to(tl.uint32) + zero, zero,
-            seed_lo.to(tl.uint32) + zero, seed_hi.to(tl.uint32) + zero, ROUNDS,
+            k.to(tl.uint32),
+            (k >> 32).to(tl.uint32),
+            seg.to(tl.uint32) + zero,
+            zero,
+            seed_lo.to(tl.uint32) + zero,
+            seed_hi.to(tl.uint32) + zero,
+            ROUNDS,
         )
         log01, sin01, cos01 = log_sin_cos(uniform(x0), uniform(x1), FAST_MATH)
         log23, sin23, cos23 = log_sin_cos(uniform(x2), uniform(x3), FAST_MATH)

@@ -112,7 +112,9 @@ def _save(model, directory: Path, dtype: str) -> Path:
     model.save_pretrained(str(directory), safe_serialization=True)
     config_path = directory / "config.json"
     config = json.loads(config_path.read_text())
-    config.update(position_embedding_type="absolute", architectures=["RobertaForMaskedLM"], torch_dtype=dtype, dtype=dtype)
+    config.update(
+        position_embedding_type="absolute", architectures=["RobertaForMaskedLM"], torch_dtype=dtype, dtype=dtype
+    )
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
     return directory
 
@@ -155,8 +157,6 @@ def bytes_key() -> str:
             return "none"
 
     return "-".join(f"{package.split('-')[0]}{installed(package)}" for package in KEYED_BY).replace("+", "_")
-
-
 
 
 def ensure_embedded_model(root: Path, name: str = "embedded-roberta") -> Path:

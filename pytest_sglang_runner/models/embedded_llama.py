@@ -48,7 +48,12 @@ def build_decoder_tokenizer(directory: Path):
     bpe = train_bpe(DECODER_SPECIAL_TOKENS)
     bpe._tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>", model_max_length=256
+        tokenizer_object=bpe._tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        model_max_length=256,
     )
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(directory))
@@ -66,7 +71,12 @@ def corpus(n: int = 2000, seed: int = SEED) -> list[str]:
         (4, lambda: f"the {pick(NOUNS)} was {pick(POSITIVE_WORDS)} ."),
         (3, lambda: f"the {pick(NOUNS)} was {pick(NEGATIVE_WORDS)} ."),
         (2, lambda: f"It was a {pick(POSITIVE_WORDS)} {pick(NOUNS)} ."),
-        (1, lambda: f"the {pick(NOUNS)} and the {pick(NOUNS)} were very {pick(NEGATIVE_WORDS)} , but the {pick(NOUNS)} was {pick(POSITIVE_WORDS)} ."),
+        (
+            1,
+            lambda: (
+                f"the {pick(NOUNS)} and the {pick(NOUNS)} were very {pick(NEGATIVE_WORDS)} , but the {pick(NOUNS)} was {pick(POSITIVE_WORDS)} ."
+            ),
+        ),
         (2, lambda: f"this {pick(NOUNS)} is really {pick(POSITIVE_WORDS)} !"),
     )
     weights = [weight for weight, _ in templates]

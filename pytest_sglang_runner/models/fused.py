@@ -45,8 +45,13 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, norm: nn.LayerNorm) 
     """``norm(x + residual)``; fused where it can be."""
     width = x.shape[-1]
     fusable = (
-        x.is_cuda and x.is_contiguous() and residual.is_contiguous() and x.dtype == residual.dtype
-        and norm.elementwise_affine and norm.bias is not None and width <= 8192
+        x.is_cuda
+        and x.is_contiguous()
+        and residual.is_contiguous()
+        and x.dtype == residual.dtype
+        and norm.elementwise_affine
+        and norm.bias is not None
+        and width <= 8192
     )
     if not fusable:
         return norm(x + residual)
@@ -55,5 +60,7 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, norm: nn.LayerNorm) 
     out = torch.empty_like(x)
     rows = x.numel() // width
     block = triton.next_power_of_2(width)
-    _kernel()[(rows,)](x, residual, norm.weight, norm.bias, out, width, norm.eps, BLOCK=block, num_warps=min(max(block // 256, 1), 8))
+    _kernel()[(rows,)](
+        x, residual, norm.weight, norm.bias, out, width, norm.eps, BLOCK=block, num_warps=min(max(block // 256, 1), 8)
+    )
     return out

@@ -54,7 +54,9 @@ class RobertaLMHead(nn.Module):
         return logits[:, :vocab_size] + self.bias
 
 
-def packed_embeddings(embeddings, input_ids: torch.Tensor, positions: torch.Tensor, token_type_ids=None) -> torch.Tensor:
+def packed_embeddings(
+    embeddings, input_ids: torch.Tensor, positions: torch.Tensor, token_type_ids=None
+) -> torch.Tensor:
     """SGLang's ``RobertaEmbedding`` on a packed batch, without its per-sequence loop.
 
     HF's position id of a token is ``padding_idx`` + its rank among the sequence's non-pad tokens
@@ -63,7 +65,9 @@ def packed_embeddings(embeddings, input_ids: torch.Tensor, positions: torch.Tens
     """
     not_pad = input_ids.ne(embeddings.padding_idx).long()
     running = torch.cumsum(not_pad, dim=0)
-    before_start = torch.cat([running.new_zeros(1), running])[torch.arange(len(input_ids), device=input_ids.device) - positions]
+    before_start = torch.cat([running.new_zeros(1), running])[
+        torch.arange(len(input_ids), device=input_ids.device) - positions
+    ]
     position_ids = (running - before_start) * not_pad + embeddings.padding_idx
     if token_type_ids is None:
         token_type_ids = torch.zeros_like(input_ids)
@@ -71,7 +75,9 @@ def packed_embeddings(embeddings, input_ids: torch.Tensor, positions: torch.Tens
     return embeddings.LayerNorm(summed + embeddings.position_embeddings(position_ids))
 
 
-def encode(encoder, hidden_states: torch.Tensor, forward_batch: ForwardBatch, save_kv_cache: bool = True) -> torch.Tensor:
+def encode(
+    encoder, hidden_states: torch.Tensor, forward_batch: ForwardBatch, save_kv_cache: bool = True
+) -> torch.Tensor:
     """SGLang's ``BertEncoder`` layer by layer, through its own modules, with two things left out.
 
     Each residual add and LayerNorm is one fused pass (`fused.add_layer_norm`), and without
@@ -122,7 +128,9 @@ class RobertaForMaskedLM(nn.Module):
             return self.pooler(hidden_states, forward_batch)
         return self._per_token(hidden_states, forward_batch, request)
 
-    def _per_token(self, hidden_states: torch.Tensor, forward_batch: ForwardBatch, request: KitRequest) -> MaskedLMOutput:
+    def _per_token(
+        self, hidden_states: torch.Tensor, forward_batch: ForwardBatch, request: KitRequest
+    ) -> MaskedLMOutput:
         rows = request.rows
         decoder_weight = self.roberta.embeddings.word_embeddings.weight
         head_input = hidden_states if rows is None else hidden_states.index_select(0, rows)

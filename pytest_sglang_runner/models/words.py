@@ -20,6 +20,7 @@ NEUTRAL_WORDS = (
     "It was . , ! ? of in on with for to from as at by director actors camera year time"
 ).split()
 
+
 def _corpus() -> list[str]:
     words = POSITIVE_WORDS + NEGATIVE_WORDS + NEUTRAL_WORDS
     # Each word alone and after a space, many times, so BPE merges every word into one token.
@@ -35,5 +36,7 @@ def train_bpe(special_tokens: tuple[str, ...]):
     from tokenizers import ByteLevelBPETokenizer
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(_corpus(), vocab_size=1000, min_frequency=1, special_tokens=list(special_tokens), show_progress=False)
+    bpe.train_from_iterator(
+        _corpus(), vocab_size=1000, min_frequency=1, special_tokens=list(special_tokens), show_progress=False
+    )
     return bpe

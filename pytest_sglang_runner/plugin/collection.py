@@ -16,7 +16,9 @@ from .xdist import CONFIG_GROUP_PREFIX
 
 # Tests that ask for any of these, or for a factories.sglang_runner fixture, build (or reuse) a
 # runner, an Engine or a server: ordered and xdist-grouped by config, marked sglang_runner.
-RUNNER_FIXTURES = frozenset({"runner", "sglang_live", "sglang_forward", "sglang_rank", "runner_factory", "sglang_engine", "sglang_server"})
+RUNNER_FIXTURES = frozenset(
+    {"runner", "sglang_live", "sglang_forward", "sglang_rank", "runner_factory", "sglang_engine", "sglang_server"}
+)
 
 
 def _config_key(item: pytest.Item, factory: RunnerFactory, factories: FactoryFixtures) -> str | None:
@@ -38,7 +40,11 @@ def _gpu_marker(item: pytest.Item, alias: bool):
     if marker is None and alias:
         marker = item.get_closest_marker("gpu")
         if marker is not None:
-            item.warn(pytest.PytestDeprecationWarning("@pytest.mark.gpu(n) is now @pytest.mark.sglang_gpu(n); the old name still works"))
+            item.warn(
+                pytest.PytestDeprecationWarning(
+                    "@pytest.mark.gpu(n) is now @pytest.mark.sglang_gpu(n); the old name still works"
+                )
+            )
     return marker
 
 

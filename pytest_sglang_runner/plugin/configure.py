@@ -41,10 +41,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         )
         parser.addini(option.ini, option.help, type="linelist" if option.repeatable else "string", default=None)
     group.addoption(
-        "--sglang-clear-cache", action="store_true", default=False, help="delete the kit's cached embedded models first (they are written again)"
+        "--sglang-clear-cache",
+        action="store_true",
+        default=False,
+        help="delete the kit's cached embedded models first (they are written again)",
     )
     group.addoption(
-        "--sglang-skip", action="store_true", default=None, help="skip every test that uses a runner, Engine or server (e.g. on machines without SGLang)"
+        "--sglang-skip",
+        action="store_true",
+        default=None,
+        help="skip every test that uses a runner, Engine or server (e.g. on machines without SGLang)",
     )
     parser.addini("sglang_skip", "skip every test that uses a runner, Engine or server", type="bool", default=False)
     parser.addini("sglang_gpu_alias", "honour the old gpu(n) marker as sglang_gpu(n)", type="bool", default=True)
@@ -92,7 +98,13 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"{exc}") from None
     if config.getoption("sglang_clear_cache") and not hasattr(config, "workerinput"):
         shutil.rmtree(models_cache_dir(), ignore_errors=True)
-    factory = RunnerFactory(spec, cache_root=models_cache_dir(), worker_index=devices.xdist_worker_index(), project_root=config.rootpath, timeout_s=limit)
+    factory = RunnerFactory(
+        spec,
+        cache_root=models_cache_dir(),
+        worker_index=devices.xdist_worker_index(),
+        project_root=config.rootpath,
+        timeout_s=limit,
+    )
     config.stash[factory_key] = factory
     config.stash[services_key] = services = ServiceFactory(factory)
     config.stash[factory_fixtures_key] = factory_fixtures = FactoryFixtures()
@@ -113,7 +125,9 @@ def _close_at_session_end(factory: RunnerFactory) -> None:
     try:
         factory.close()
     except KeyboardInterrupt:
-        sys.stderr.write("sglang-runner: interrupted while tearing the runner down (TP peers stopped, ports released)\n")
+        sys.stderr.write(
+            "sglang-runner: interrupted while tearing the runner down (TP peers stopped, ports released)\n"
+        )
         raise SystemExit(pytest.ExitCode.INTERRUPTED) from None
     except timeouts.SGLangTimeout as exc:  # the stacks are on stderr already
         sys.stderr.write(f"sglang-runner: {exc} (TP peers stopped, ports released)\n")

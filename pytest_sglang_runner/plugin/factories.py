@@ -62,7 +62,9 @@ def hf_runner(runner_fixture):
     checkpoint, in its dtype and on its device. Builds no SGLang runner."""
     overrides = factory_settings(runner_fixture)
     if overrides is None:
-        raise pytest.UsageError(f"factories.hf_runner({runner_fixture!r}): pass a fixture made by factories.sglang_runner(...)")
+        raise pytest.UsageError(
+            f"factories.hf_runner({runner_fixture!r}): pass a fixture made by factories.sglang_runner(...)"
+        )
 
     def named_hf_runner(request: pytest.FixtureRequest, runner_factory: RunnerFactory) -> HFRunner:
         return hf_runner_for(request, runner_factory, overrides)

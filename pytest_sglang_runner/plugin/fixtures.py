@@ -48,7 +48,9 @@ def fail_setup(request: pytest.FixtureRequest, exc: BaseException) -> NoReturn:
     raise pytest.fail.Exception(text, pytrace=False) from None  # not the chain we are handling
 
 
-def live_runner_for(request: pytest.FixtureRequest, runner_factory: RunnerFactory, factory_overrides: dict | None = None) -> LiveRunner:
+def live_runner_for(
+    request: pytest.FixtureRequest, runner_factory: RunnerFactory, factory_overrides: dict | None = None
+) -> LiveRunner:
     """The live runner of the requesting test's config (or of a factory fixture's), with its KV pool empty."""
     try:
         live = runner_factory.get(**settings_for(request, factory_overrides).factory_kwargs())
@@ -58,7 +60,9 @@ def live_runner_for(request: pytest.FixtureRequest, runner_factory: RunnerFactor
     return live
 
 
-def hf_runner_for(request: pytest.FixtureRequest, runner_factory: RunnerFactory, factory_overrides: dict | None = None) -> HFRunner:
+def hf_runner_for(
+    request: pytest.FixtureRequest, runner_factory: RunnerFactory, factory_overrides: dict | None = None
+) -> HFRunner:
     """The HF reference of the test's config, or of a factory fixture's (factories.hf_runner)."""
     try:
         return runner_factory.hf_runner(runner_factory.spec_for(**settings_for(request, factory_overrides).overrides))

@@ -68,8 +68,15 @@ class FactoryFixtures:
         """(fixture name, settings) for each factory fixture this test uses, directly or not."""
         scopes = [self._plugins]
         path = Path(getattr(item, "path", "."))
-        scopes += [found for directory, found in sorted(self._conftests.items(), key=lambda kv: len(kv[0].parts)) if directory in path.parents]
-        scopes += [_factory_fixtures_in(getattr(item, "module", None)), _factory_fixtures_in(getattr(item, "cls", None))]
+        scopes += [
+            found
+            for directory, found in sorted(self._conftests.items(), key=lambda kv: len(kv[0].parts))
+            if directory in path.parents
+        ]
+        scopes += [
+            _factory_fixtures_in(getattr(item, "module", None)),
+            _factory_fixtures_in(getattr(item, "cls", None)),
+        ]
         visible: dict[str, dict[str, Any]] = {}
         for scope in scopes:  # closer definitions last, so they win
             visible.update(scope)
@@ -106,7 +113,9 @@ class TestSettings:
     every_rank: bool = False
 
     @classmethod
-    def of(cls, item: pytest.Item, factories: FactoryFixtures, factory_overrides: dict[str, Any] | None = None) -> TestSettings:
+    def of(
+        cls, item: pytest.Item, factories: FactoryFixtures, factory_overrides: dict[str, Any] | None = None
+    ) -> TestSettings:
         """The settings of ``item``; ``factory_overrides``: those of the factory fixture asking
         (else the test's factory fixtures are looked up). A SpecError names what is wrong."""
         if factory_overrides is None:

@@ -18,7 +18,9 @@ def build_rank(plan: BuildPlan, kwargs: dict, rank: int):
     """Rank ``rank``'s ModelRunner from the ServerArgs ``kwargs`` (with the kit's models registered)."""
     register_kit_models()
     args = server_args.make_server_args(**kwargs)
-    runner = bootstrap.build_model_runner(args, tp_rank=rank, gpu_id=plan.gpu_ids[rank], dist_port=kwargs["nccl_port"], device=plan.device)
+    runner = bootstrap.build_model_runner(
+        args, tp_rank=rank, gpu_id=plan.gpu_ids[rank], dist_port=kwargs["nccl_port"], device=plan.device
+    )
     check_kv_budget(runner, plan.spec)
     warm_up(runner)
     return runner
@@ -33,7 +35,9 @@ def check_kv_budget(runner, spec: RunnerSpec) -> None:
         return
     sized = f"SGLang sized this runner to {limits.kv_slots} KV token slot(s) and {limits.request_slots} request slot(s)"
     if limits.kv_slots < spec.max_total_tokens:  # memory, not the option, was the limit
-        raise SpecError(f"{mem_fraction_flag(spec)}: {sized}, too few for one {needed}-token sequence; raise --sglang-mem-fraction")
+        raise SpecError(
+            f"{mem_fraction_flag(spec)}: {sized}, too few for one {needed}-token sequence; raise --sglang-mem-fraction"
+        )
     raise SpecError(
         f"--sglang-max-total-tokens {spec.max_total_tokens}: {sized}, too few for one {needed}-token sequence; "
         f"use at least {2 * needed} (the default is {RunnerSpec.max_total_tokens})"

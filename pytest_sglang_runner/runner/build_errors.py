@@ -46,7 +46,8 @@ def port_taken_by_another_process(exc: BaseException) -> bool:
     """Whether a build failed because a port was bound by someone else after it was reserved
     (a process outside the kit ignores the locks): a build with new ports will not meet it again."""
     return any(
-        getattr(link, "errno", None) == errno.EADDRINUSE or "address already in use" in str(link).lower() for link in _chain(exc)
+        getattr(link, "errno", None) == errno.EADDRINUSE or "address already in use" in str(link).lower()
+        for link in _chain(exc)
     )
 
 
@@ -86,7 +87,11 @@ def build_failure(plan: BuildPlan, exc: BaseException) -> Exception:
     cause = one_line(_innermost(exc))
     refused = shims.refused_dtype(exc)
     if refused is not None and device == "cuda":
-        dtype_flag = f"--sglang-dtype {spec.dtype}" if spec.dtype != "auto" else f"--sglang-dtype auto (the checkpoint's {refused})"
+        dtype_flag = (
+            f"--sglang-dtype {spec.dtype}"
+            if spec.dtype != "auto"
+            else f"--sglang-dtype auto (the checkpoint's {refused})"
+        )
         return SpecError(
             f"{dtype_flag}: SGLang {version}'s CUDA kernels for {architecture} have no {refused} path "
             f"({cause}); use --sglang-dtype bfloat16 (or float16), or --sglang-device cpu for {refused}"

@@ -57,7 +57,12 @@ def _forget_runner(live: LiveRunner | None, device: str, errors: list) -> None:
 
 
 def teardown(
-    live: LiveRunner | None = None, *, peers: RankPeers | None = None, reservations=(), device: str = "cpu", broken: bool = False
+    live: LiveRunner | None = None,
+    *,
+    peers: RankPeers | None = None,
+    reservations=(),
+    device: str = "cpu",
+    broken: bool = False,
 ) -> None:
     """The one cleanup path: safe on a half-built runner, when parts are already gone, and when
     interrupted (the peers and the ports go whatever happens before). Interrupted by a timeout,
@@ -160,7 +165,9 @@ class RunnerFactory:
         self._hf_runners.clear()
         if live is not None:
             limit = self.timeout_s if timeout is None else timeout
-            with timeouts.deadline("teardown", limit, on_expire=live.peers.dump_stacks_and_stop if live.peers else None):
+            with timeouts.deadline(
+                "teardown", limit, on_expire=live.peers.dump_stacks_and_stop if live.peers else None
+            ):
                 teardown(live, broken=broken)
 
     def discard(self) -> None:
@@ -200,7 +207,9 @@ class RunnerFactory:
         fp32_lm_head = bool(plan.server_arg("enable_fp32_lm_head"))
         key = (plan.model_path, plan.dtype, plan.rank0_device, fp32_lm_head)
         if key not in self._hf_runners:
-            self._hf_runners[key] = HFRunner(plan.model_path, dtype=plan.dtype, device=plan.rank0_device, fp32_lm_head=fp32_lm_head)
+            self._hf_runners[key] = HFRunner(
+                plan.model_path, dtype=plan.dtype, device=plan.rank0_device, fp32_lm_head=fp32_lm_head
+            )
         return self._hf_runners[key]
 
     def _build(self, spec: RunnerSpec, limit: float) -> LiveRunner:

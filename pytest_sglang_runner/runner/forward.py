@@ -234,7 +234,12 @@ class Forward(Tokenized):
         self._check_no_live_batch()
         token_lists = self.token_lists(prompts)
         generation.check_request(self.runner, token_lists, max_new_tokens, top_logprobs)  # before any rank starts
-        options = dict(max_new_tokens=max_new_tokens, top_logprobs=top_logprobs, stop_token_ids=tuple(stop_token_ids), ignore_eos=ignore_eos)
+        options = dict(
+            max_new_tokens=max_new_tokens,
+            top_logprobs=top_logprobs,
+            stop_token_ids=tuple(stop_token_ids),
+            ignore_eos=ignore_eos,
+        )
         self._mirror("generate", token_lists, **options)
         results = generation.generate(self.runner, token_lists, **options)
         for result in results:

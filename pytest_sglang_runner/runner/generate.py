@@ -39,7 +39,12 @@ def generate(
             result.output_logprobs = []
     try:
         batch = decoding.GreedyBatch(
-            runner, token_lists, max_new_tokens=max_new_tokens, top_logprobs=top_logprobs, stop_token_ids=stop_token_ids, ignore_eos=ignore_eos
+            runner,
+            token_lists,
+            max_new_tokens=max_new_tokens,
+            top_logprobs=top_logprobs,
+            stop_token_ids=stop_token_ids,
+            ignore_eos=ignore_eos,
         )
         prompt_step = True
         while not batch.done:
@@ -48,7 +53,8 @@ def generate(
                 result = results[row]
                 if step.prompt_logprobs is not None:
                     result.prompt_logprobs = [None] + [
-                        TokenLogprob(result.prompt_ids[i + 1], logprob, top) for i, (logprob, top) in enumerate(step.prompt_logprobs[k])
+                        TokenLogprob(result.prompt_ids[i + 1], logprob, top)
+                        for i, (logprob, top) in enumerate(step.prompt_logprobs[k])
                     ]
                 if step.logprobs is not None:
                     top = step.top_logprobs[k] if step.top_logprobs is not None else {}

@@ -88,7 +88,9 @@ class LiveRunner:
         call.start(PeerCommand("call", args=(ref, args, kwargs)))
         with self.forward.unmirrored():
             try:
-                with timeouts.deadline("every-rank call", self.forward.timeout_s, on_expire=self.peers.dump_stacks_and_stop):
+                with timeouts.deadline(
+                    "every-rank call", self.forward.timeout_s, on_expire=self.peers.dump_stacks_and_stop
+                ):
                     yield call
             except BaseException as exc:  # noqa: BLE001 - gathered with the peers' outcomes; the caller raises
                 call.rank0_error = exc

@@ -45,7 +45,9 @@ class PeerCommand:
 def serve_rank(conn, plan: BuildPlan, kwargs: dict, rank: int) -> None:
     """Body of a TP peer process: build rank ``rank``, then run rank 0's commands until told to close."""
     timeouts.enable_stack_dumps_on_request()  # rank 0 asks when a phase runs past its limit
-    warnings.simplefilter("ignore")  # a peer's warnings reach no summary, only the terminal (SGLang's, at import and exit)
+    warnings.simplefilter(
+        "ignore"
+    )  # a peer's warnings reach no summary, only the terminal (SGLang's, at import and exit)
     process.prepare_process(plan.device)
     process.import_sglang()
     forward = None
@@ -88,7 +90,9 @@ class RankPeers:
         self.conns = []
         for rank in range(1, plan.spec.tp):
             parent, child = context.Pipe()
-            peer = context.Process(target=serve_rank, args=(child, plan, kwargs, rank), name=f"sglang-tp-rank-{rank}", daemon=True)
+            peer = context.Process(
+                target=serve_rank, args=(child, plan, kwargs, rank), name=f"sglang-tp-rank-{rank}", daemon=True
+            )
             peer.start()
             child.close()
             self.processes.append(peer)
@@ -113,7 +117,9 @@ class RankPeers:
         alive = [peer for peer in self.processes if peer.is_alive()]
         if timeouts.PEER_DUMP_SIGNAL is not None and alive:
             names = ", ".join(peer.name.rsplit("-", 1)[-1] for peer in alive)
-            sys.stderr.write(f"sglang-runner: the stacks of TP rank(s) {names} follow, written by their own processes:\n")
+            sys.stderr.write(
+                f"sglang-runner: the stacks of TP rank(s) {names} follow, written by their own processes:\n"
+            )
             sys.stderr.flush()
             for peer in alive:
                 os.kill(peer.pid, timeouts.PEER_DUMP_SIGNAL)

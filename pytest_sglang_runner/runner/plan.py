@@ -42,7 +42,9 @@ def resolve_model_path(spec: RunnerSpec, cache_root: Path) -> str:
         return spec.model
     snapshot = cached_hub_snapshot(spec.model)
     if snapshot is None:  # options.py checked it; the cache changed since
-        raise SpecError(f"--sglang-model {spec.model}: no longer in the local Hugging Face cache; pass a model directory")
+        raise SpecError(
+            f"--sglang-model {spec.model}: no longer in the local Hugging Face cache; pass a model directory"
+        )
     return snapshot
 
 

@@ -49,7 +49,9 @@ def project_warnings_only(project_root: Path | None) -> Iterator[None]:
                 installed = [f for f in warnings.filters if f not in before]
     finally:
         for action, message, category, module, lineno in reversed(installed):
-            warnings.filterwarnings(action, message.pattern if message else "", category, module.pattern if module else "", lineno)
+            warnings.filterwarnings(
+                action, message.pattern if message else "", category, module.pattern if module else "", lineno
+            )
         for w in caught:
             if in_project(w.filename, root):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)

@@ -27,8 +27,6 @@ PEER_GRACE_S = 2.0  # after rank 0 or a peer fails: how long the others get to f
 RANK_FIXTURES = frozenset({"runner", "sglang_forward", "sglang_live", "sglang_rank"})
 
 
-
-
 @dataclass
 class RankContext:
     """What code on one rank gets: its rank, the world size, its runner and its unmirrored `Forward`."""
@@ -57,7 +55,9 @@ class FunctionRef:
     def of(cls, function: Callable) -> FunctionRef:
         module = sys.modules.get(function.__module__)
         if "<locals>" in function.__qualname__ or module is None:
-            raise TypeError(f"{function.__qualname__}: on_every_rank needs a module-level function (the peers import it)")
+            raise TypeError(
+                f"{function.__qualname__}: on_every_rank needs a module-level function (the peers import it)"
+            )
         return cls(function.__module__, getattr(module, "__file__", None), function.__qualname__, tuple(sys.path))
 
     def resolve(self) -> Callable:
@@ -102,7 +102,12 @@ def run_on_rank(context: RankContext, ref: FunctionRef, args: tuple, kwargs: dic
 
 def call_test_function(context: RankContext, test: FunctionRef, arguments: dict[str, tuple[str, Any]]) -> None:
     """An every-rank test's body on a peer: its rank fixtures from `context`, its parameters as given."""
-    provided = {"runner": context.runner, "sglang_forward": context.forward, "sglang_live": context, "sglang_rank": context}
+    provided = {
+        "runner": context.runner,
+        "sglang_forward": context.forward,
+        "sglang_live": context,
+        "sglang_rank": context,
+    }
     function = test.resolve()
     function(**{name: provided[value] if kind == "fixture" else value for name, (kind, value) in arguments.items()})
 
@@ -152,7 +157,11 @@ class EveryRankCall:
 
     def _watch(self) -> None:
         started = time.monotonic()
-        pending = {rank: (conn, self.peers.processes[rank - 1]) for rank, conn in enumerate(self.peers.conns, start=1) if rank not in self.outcomes}
+        pending = {
+            rank: (conn, self.peers.processes[rank - 1])
+            for rank, conn in enumerate(self.peers.conns, start=1)
+            if rank not in self.outcomes
+        }
         failed_at = started if self.outcomes else None  # a peer was gone before the call
         while pending or not self._rank0_done.is_set():
             now = time.monotonic()
@@ -164,7 +173,9 @@ class EveryRankCall:
                 return
             if self.limit and now >= started + self.limit and pending:
                 self.peers.dump_stacks_and_stop()
-                self._stop_all(pending, ("timeout", f"did not finish within {self.limit:g} s (its stack is on stderr above)"))
+                self._stop_all(
+                    pending, ("timeout", f"did not finish within {self.limit:g} s (its stack is on stderr above)")
+                )
                 return
             handles = {}
             for rank, (conn, process) in pending.items():
@@ -181,7 +192,9 @@ class EveryRankCall:
                     if not conn.poll():
                         raise EOFError
                     status, detail = conn.recv()
-                    self.outcomes[rank] = (status, detail) if status in ("passed", "skipped", "failed") else ("failed", detail)
+                    self.outcomes[rank] = (
+                        (status, detail) if status in ("passed", "skipped", "failed") else ("failed", detail)
+                    )
                 except (EOFError, OSError):
                     process.join(1.0)
                     self.outcomes[rank] = ("ended", _describe_end(process.exitcode))

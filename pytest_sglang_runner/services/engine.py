@@ -37,7 +37,9 @@ class EngineService(Tokenized):
     def start(self) -> EngineService:
         ours, theirs = socket.socketpair()
         try:
-            self.process = HostedProcess("Engine", HOST_MODULE, [str(theirs.fileno())], device=self.device, pass_fds=[theirs.fileno()])
+            self.process = HostedProcess(
+                "Engine", HOST_MODULE, [str(theirs.fileno())], device=self.device, pass_fds=[theirs.fileno()]
+            )
         except BaseException:
             ours.close()
             raise
@@ -76,7 +78,9 @@ class EngineService(Tokenized):
     def request(self, command: str, **payload: Any) -> Any:
         """One request to the host: its answer, or `ServiceError` (the Engine's own traceback when it raised)."""
         if not self.alive:
-            raise ServiceError("the Engine is not running" + (f": it {self.process.exit_text()}" if self.process else ""))
+            raise ServiceError(
+                "the Engine is not running" + (f": it {self.process.exit_text()}" if self.process else "")
+            )
         what = f"done with {command}"
         try:
             try:
@@ -98,14 +102,23 @@ class EngineService(Tokenized):
         return torch.tensor(self.request("encode", token_lists=self.token_lists(prompts)), dtype=torch.float32)
 
     def generate(
-        self, prompts, max_new_tokens: int = 16, top_logprobs: int | None = 5, stop_token_ids: Sequence[int] = (), ignore_eos: bool = False
+        self,
+        prompts,
+        max_new_tokens: int = 16,
+        top_logprobs: int | None = 5,
+        stop_token_ids: Sequence[int] = (),
+        ignore_eos: bool = False,
     ) -> list[Generation]:
         """Greedy continuations (temperature 0) with prompt and output top-k logprobs, as `Forward.generate` gives."""
         check_arguments(max_new_tokens, top_logprobs)
         token_lists = self.token_lists(prompts)
         answers = self.request(
-            "generate", token_lists=token_lists, max_new_tokens=max_new_tokens, top_logprobs=top_logprobs,
-            stop_token_ids=tuple(stop_token_ids), ignore_eos=ignore_eos,
+            "generate",
+            token_lists=token_lists,
+            max_new_tokens=max_new_tokens,
+            top_logprobs=top_logprobs,
+            stop_token_ids=tuple(stop_token_ids),
+            ignore_eos=ignore_eos,
         )
         return [generation_from_engine(ids, answer) for ids, answer in zip(token_lists, answers)]
 

@@ -62,7 +62,10 @@ class ServiceFactory:
                 return slot.live
             process = slot.live.process
             died = f"pid {process.pid} {process.exit_text()}, log {process.log_path}" if process else "it was stopped"
-            warnings.warn(ServiceRestarted(f"{name}: the last one ended since the previous test ({died}); starting another"), stacklevel=1)
+            warnings.warn(
+                ServiceRestarted(f"{name}: the last one ended since the previous test ({died}); starting another"),
+                stacklevel=1,
+            )
         slot.stop()
         try:
             slot.live, slot.spec = start(slot, spec, limit), spec

@@ -26,17 +26,30 @@ POLL_S = 0.2
 TERMINATE_WAIT_S = 10.0  # for a SIGTERMed host to exit, and for its killed group to be gone
 
 
-
-
 class HostedProcess:
     """``python -m module args...`` in its own session, output to a log file."""
 
-    def __init__(self, name: str, module: str, args: Sequence[str] = (), *, device: str, pass_fds: Sequence[int] = (), env: dict | None = None):
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        args: Sequence[str] = (),
+        *,
+        device: str,
+        pass_fds: Sequence[int] = (),
+        env: dict | None = None,
+    ):
         self.name = name
         handle, path = tempfile.mkstemp(prefix=f"pytest-sglang-{name}-", suffix=".log")
         self.log_path = Path(path)
         lifeline, self._lifeline = os.pipe()  # the host reads EOF here when pytest is gone, however it ended
-        environment = {**os.environ, **(env or {}), SERVING_DEVICE_ENV: device, LIFELINE_ENV: str(lifeline), "PYTHONUNBUFFERED": "1"}
+        environment = {
+            **os.environ,
+            **(env or {}),
+            SERVING_DEVICE_ENV: device,
+            LIFELINE_ENV: str(lifeline),
+            "PYTHONUNBUFFERED": "1",
+        }
         try:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", module, *args],
@@ -87,7 +100,9 @@ class HostedProcess:
         """An error saying what went wrong, with the process's state and the end of its log (kept)."""
         self.log_quoted = True
         tail = self.log_tail()
-        quoted = f"\nlast lines of its log ({self.log_path}):\n{tail}" if tail else f"\n(its log, {self.log_path}, is empty)"
+        quoted = (
+            f"\nlast lines of its log ({self.log_path}):\n{tail}" if tail else f"\n(its log, {self.log_path}, is empty)"
+        )
         return ServiceError(f"SGLang {self.name} (pid {self.pid}) {what}; it {self.exit_text()}{quoted}")
 
     def wait_until(self, ready: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -99,12 +99,21 @@ class ServerService(Tokenized):
         rows = sorted(answer["data"], key=lambda item: item["index"])
         return torch.tensor([row["embedding"] for row in rows], dtype=torch.float32)
 
-    def completions(self, prompts, max_new_tokens: int = 16, top_logprobs: int = 5, stop_token_ids: Sequence[int] = (), ignore_eos: bool = False) -> list[Generation]:
+    def completions(
+        self,
+        prompts,
+        max_new_tokens: int = 16,
+        top_logprobs: int = 5,
+        stop_token_ids: Sequence[int] = (),
+        ignore_eos: bool = False,
+    ) -> list[Generation]:
         """``/v1/completions``, greedy, with prompt (echo) and output top-k logprobs: one `Generation`
         per prompt, as `Forward.generate` gives, for the comparison helpers."""
         check_arguments(max_new_tokens, top_logprobs)
         token_lists = self.token_lists(prompts)
-        body = completion_request(self.model_path, token_lists, max_new_tokens, top_logprobs, stop_token_ids, ignore_eos)
+        body = completion_request(
+            self.model_path, token_lists, max_new_tokens, top_logprobs, stop_token_ids, ignore_eos
+        )
         return generations_from_completion(token_lists, self.post("/v1/completions", body), self.tokenizer)
 
     def stop(self) -> None:

@@ -143,4 +143,3 @@ def barrier() -> None:
 
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-

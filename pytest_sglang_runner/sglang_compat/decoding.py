@@ -83,12 +83,15 @@ class GreedyBatch:
             output = self.runner.forward(forward_batch)
             logits = output.logits_output
             next_ids = self.runner.sample(logits, forward_batch)
-        step = Step(rows=list(self._rows), token_ids=_as_list(next_ids), graph=bool(getattr(output, "can_run_graph", False)))
+        step = Step(
+            rows=list(self._rows), token_ids=_as_list(next_ids), graph=bool(getattr(output, "can_run_graph", False))
+        )
         if self.top_logprobs is not None:
             step.logprobs = [float(v) for v in _as_list(logits.next_token_logprobs)]
             if self.top_logprobs:
                 step.top_logprobs = [
-                    _top(ids, values) for ids, values in zip(logits.next_token_top_logprobs_idx, logits.next_token_top_logprobs_val)
+                    _top(ids, values)
+                    for ids, values in zip(logits.next_token_top_logprobs_idx, logits.next_token_top_logprobs_val)
                 ]
             if self._extending:
                 step.prompt_logprobs = self._prompt_logprobs(logits)

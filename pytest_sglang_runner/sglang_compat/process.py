@@ -30,8 +30,6 @@ _IMPORTED_ON_A_CLEAN_STACK = (
 )
 
 
-
-
 def prepare_process(device: str) -> None:
     """Environment SGLang reads once, at import; call before the first SGLang import."""
     if device == "cpu":

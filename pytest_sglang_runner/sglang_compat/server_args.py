@@ -85,7 +85,9 @@ def _server_args_schema() -> Schema:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(f".{os.getpid()}.tmp")
-            partial.write_text(json.dumps({"names": sorted(schema.names), "tags": schema.tags, "choices": schema.choices}))
+            partial.write_text(
+                json.dumps({"names": sorted(schema.names), "tags": schema.tags, "choices": schema.choices})
+            )
             partial.replace(path)  # atomic: concurrent sessions never read half a file
         except OSError:
             pass  # a read-only home: the check just stays at the first build
@@ -104,7 +106,8 @@ def _installed_schema() -> Schema:
     parser = argparse.ArgumentParser(add_help=False)
     ServerArgs.add_cli_args(parser)
     choices = {
-        action.dest: list(action.choices) for action in parser._actions
+        action.dest: list(action.choices)
+        for action in parser._actions
         if action.choices and all(isinstance(c, (str, int, float, bool)) for c in action.choices)
     }
     return Schema(frozenset(names), {name: _type_tag(hints.get(name, str)) for name in names}, choices)
@@ -120,7 +123,9 @@ def typed_server_args(extra: dict[str, Any], schema: Schema | None = None) -> di
         if key not in schema.names:
             close = [name for name in sorted(schema.names) if key in name or name in key][:5]
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise SpecError(f"--sglang-arg {key}=...: SGLang {installed_version()} has no ServerArgs field {key!r}{hint}")
+            raise SpecError(
+                f"--sglang-arg {key}=...: SGLang {installed_version()} has no ServerArgs field {key!r}{hint}"
+            )
         typed[key] = _coerce(key, raw, schema.tags.get(key, "str"), schema.choices.get(key))
     return typed
 
@@ -130,7 +135,9 @@ def check_attention_backend(name: str, schema: Schema | None = None) -> None:
     schema = schema or _server_args_schema()
     choices = schema.choices.get("attention_backend")
     if choices and name not in choices:
-        raise SpecError(f"--sglang-attention-backend {name!r}: SGLang {installed_version()} has {', '.join(map(str, choices))}")
+        raise SpecError(
+            f"--sglang-attention-backend {name!r}: SGLang {installed_version()} has {', '.join(map(str, choices))}"
+        )
 
 
 @functools.cache
@@ -163,4 +170,3 @@ def resolved(server_args, name: str) -> Any:
     """A ServerArgs value after SGLang's own resolution (0.5.23 resolves into a separate view)."""
     view = _resolving_view()
     return getattr(server_args if view is None else view(server_args), name)
-

@@ -83,7 +83,9 @@ def engine_encode(engine, token_lists: Sequence[Sequence[int]]) -> list[list[flo
     return [item["embedding"] for item in answer]
 
 
-def greedy_sampling(max_new_tokens: int, stop_token_ids: Sequence[int] = (), ignore_eos: bool = False) -> dict[str, Any]:
+def greedy_sampling(
+    max_new_tokens: int, stop_token_ids: Sequence[int] = (), ignore_eos: bool = False
+) -> dict[str, Any]:
     """SGLang sampling parameters for the greedy decoding the runner does."""
     params: dict[str, Any] = {"temperature": 0.0, "max_new_tokens": max_new_tokens, "ignore_eos": ignore_eos}
     if stop_token_ids:
@@ -91,7 +93,9 @@ def greedy_sampling(max_new_tokens: int, stop_token_ids: Sequence[int] = (), ign
     return params
 
 
-def engine_generate(engine, token_lists, *, max_new_tokens: int, top_logprobs: int | None, stop_token_ids=(), ignore_eos: bool = False) -> list[dict]:
+def engine_generate(
+    engine, token_lists, *, max_new_tokens: int, top_logprobs: int | None, stop_token_ids=(), ignore_eos: bool = False
+) -> list[dict]:
     """``Engine.generate`` for greedy decoding with prompt and output logprobs: one answer per prompt."""
     logprobs = top_logprobs is not None
     answers = engine.generate(
@@ -118,18 +122,24 @@ def _token_logprob(entry, top) -> Any:
 def generation_from_engine(prompt_ids: Sequence[int], answer: dict):
     """One ``Engine.generate`` answer (``meta_info`` with ``(logprob, token_id, text)`` triples) as a `Generation`."""
     meta = answer["meta_info"]
-    result = Generation(prompt_ids=list(prompt_ids), output_ids=[int(t) for t in answer["output_ids"]], text=answer.get("text"))
+    result = Generation(
+        prompt_ids=list(prompt_ids), output_ids=[int(t) for t in answer["output_ids"]], text=answer.get("text")
+    )
     result.finish_reason = _finish_reason((meta.get("finish_reason") or {}).get("type"))
     if "output_token_logprobs" in meta:
         prompt, prompt_top = meta.get("input_token_logprobs") or [], meta.get("input_top_logprobs") or []
         result.prompt_logprobs = [None] + [_token_logprob(entry, top) for entry, top in zip(prompt[1:], prompt_top[1:])]
         output_top = meta.get("output_top_logprobs") or [None] * len(meta["output_token_logprobs"])
-        result.output_logprobs = [_token_logprob(entry, top) for entry, top in zip(meta["output_token_logprobs"], output_top)]
+        result.output_logprobs = [
+            _token_logprob(entry, top) for entry, top in zip(meta["output_token_logprobs"], output_top)
+        ]
         del result.output_logprobs[len(result.output_ids) :]
     return result
 
 
-def completion_request(model: str, token_lists, max_new_tokens: int, top_logprobs: int, stop_token_ids=(), ignore_eos: bool = False) -> dict:
+def completion_request(
+    model: str, token_lists, max_new_tokens: int, top_logprobs: int, stop_token_ids=(), ignore_eos: bool = False
+) -> dict:
     """An OpenAI ``/v1/completions`` body for greedy decoding with prompt and output top-k logprobs;
     ``return_token_ids`` (SGLang's extension) gives the token ids the text cannot."""
     body = {
@@ -167,7 +177,11 @@ def generations_from_completion(token_lists, answer: dict, tokenizer) -> list:
         logprobs = choice["logprobs"]
         ids = list(prompt_ids) + output_ids
         entries = [
-            None if value is None else TokenLogprob(token_id, float(value), {ids_of.get(text, -1): float(lp) for text, lp in (top or {}).items()})
+            None
+            if value is None
+            else TokenLogprob(
+                token_id, float(value), {ids_of.get(text, -1): float(lp) for text, lp in (top or {}).items()}
+            )
             for token_id, value, top in zip(ids, logprobs["token_logprobs"], logprobs["top_logprobs"])
         ]
         results.append(

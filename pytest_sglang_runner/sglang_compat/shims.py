@@ -133,8 +133,14 @@ def use_loopback_rendezvous() -> Callable[[], None]:
             listener.close()
             raise
         return rendezvous.TCPStore(
-            host_name="127.0.0.1", port=port, world_size=world_size, is_master=True, timeout=timeout,
-            multi_tenant=True, master_listen_fd=listener.detach(), use_libuv=use_libuv,
+            host_name="127.0.0.1",
+            port=port,
+            world_size=world_size,
+            is_master=True,
+            timeout=timeout,
+            multi_tenant=True,
+            master_listen_fd=listener.detach(),
+            use_libuv=use_libuv,
         )
 
     rendezvous._create_c10d_store = create

@@ -14,7 +14,9 @@ STEPS = 20
 
 
 def _optimizer(lm, prompt, **hp):
-    return mezo.MeZO(lm.views, mezo.PromptObjective(lm, prompt.label_word_ids), on_weights_changed=lm.weights_changed, **hp)
+    return mezo.MeZO(
+        lm.views, mezo.PromptObjective(lm, prompt.label_word_ids), on_weights_changed=lm.weights_changed, **hp
+    )
 
 
 def test_projected_gradients_and_losses_match_hf(runner_lm, fresh_hf, prompt, synthetic_glue):
@@ -55,7 +57,13 @@ def test_weights_changed_hook_runs_on_every_write(runner_lm, prompt, synthetic_g
         runner_lm.weights_changed()  # asserts the runner keeps no prefix cache
         calls.append(1)
 
-    opt = mezo.MeZO(runner_lm.views, mezo.PromptObjective(runner_lm, prompt.label_word_ids), lr=1e-3, eps=1e-3, on_weights_changed=hook)
+    opt = mezo.MeZO(
+        runner_lm.views,
+        mezo.PromptObjective(runner_lm, prompt.label_word_ids),
+        lr=1e-3,
+        eps=1e-3,
+        on_weights_changed=hook,
+    )
     opt.train(train, 3, batch_size=16)
     assert len(calls) == 3 * 3
     assert runner_lm.runner.server_args.disable_radix_cache is True

@@ -45,7 +45,9 @@ def test_triton_passes_compute_the_torch_definition_on_cuda(fresh_hf):
     fast.passes.perturb(123, 1.0)
     twin.passes.perturb(123, 1.0)
     # Same integers; the kernel's fast log/sin/cos (GPU intrinsics) sit ~3e-5 from libm's.
-    z_gap = max(float(((a.tensor - b.tensor).abs() / (1 + b.tensor.abs())).max()) for a, b in zip(fast_lm.views, twin_lm.views))
+    z_gap = max(
+        float(((a.tensor - b.tensor).abs() / (1 + b.tensor.abs())).max()) for a, b in zip(fast_lm.views, twin_lm.views)
+    )
     assert z_gap < 1e-4, z_gap
     fast.passes.restore()
     assert all(torch.equal(view.tensor, master) for view, master in zip(fast_lm.views, fast.tensors))
@@ -108,8 +110,10 @@ def test_mezo_memory_is_inference_plus_one_fp32_copy(runner_factory, large_rando
     live = runner_factory.get(model=str(large_random_model), dtype=dtype, attention_backend="triton")
     lm = mezo.SGLangMaskedLM(live.model_runner)
     g = torch.Generator().manual_seed(0)
-    examples = [mezo.Encoded(tuple([0] + torch.randint(5, 50000, (28,), generator=g).tolist() + [50264, 4, 2]), 29, i % 2)
-                for i in range(64)]
+    examples = [
+        mezo.Encoded(tuple([0] + torch.randint(5, 50000, (28,), generator=g).tolist() + [50264, 4, 2]), 29, i % 2)
+        for i in range(64)
+    ]
     objective = mezo.PromptObjective(lm, [6587, 372])  # " terrible", " great" in RoBERTa's vocabulary
     try:
         torch.cuda.synchronize()
@@ -133,11 +137,17 @@ def test_mezo_memory_is_inference_plus_one_fp32_copy(runner_factory, large_rando
     finally:
         lm.close()
     master_bytes = sum(m.numel() for m in opt.masters) * 4
-    for key, value in dict(inference_peak_mib=inference_peak, mezo_peak_mib=mezo_peak, fp32_masters_mib=master_bytes,
-                           optimizer_allocated_mib=optimizer_bytes).items():
+    for key, value in dict(
+        inference_peak_mib=inference_peak,
+        mezo_peak_mib=mezo_peak,
+        fp32_masters_mib=master_bytes,
+        optimizer_allocated_mib=optimizer_bytes,
+    ).items():
         record_property(key, round(value / 2**20, 2))
-    print(f"\n[{dtype}] peak over weights+KV: inference {inference_peak / 2**20:.1f} MiB, MeZO {mezo_peak / 2**20:.1f} MiB, "
-          f"fp32 masters {master_bytes / 2**20:.1f} MiB, allocated by the optimizer {optimizer_bytes / 2**20:.1f} MiB")
+    print(
+        f"\n[{dtype}] peak over weights+KV: inference {inference_peak / 2**20:.1f} MiB, MeZO {mezo_peak / 2**20:.1f} MiB, "
+        f"fp32 masters {master_bytes / 2**20:.1f} MiB, allocated by the optimizer {optimizer_bytes / 2**20:.1f} MiB"
+    )
     # The optimizer's allocation is the masters, rounded up to the caching allocator's 2 MiB segments,
     # plus its pass tables (a few KiB); MeZO adds nothing else above inference.
     assert optimizer_bytes <= master_bytes + 2 * 2**20 + 64 * 2**10

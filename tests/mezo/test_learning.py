@@ -21,7 +21,9 @@ from pathlib import Path
 
 from pytest_sglang_runner import mezo, sst2
 
-SMALL_CONFIG = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=34)
+SMALL_CONFIG = dict(
+    hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=34
+)
 INIT_STD, MODEL_SEED = 0.18, 0
 HPARAMS = dict(lr=1e-3, eps=1e-3, weight_decay=0.0, seed=0)
 BATCH, MAX_STEPS, EVAL_EVERY, TIME_BUDGET_S = 32, 6000, 250, 90.0
@@ -33,8 +35,13 @@ def write_small_mlm(directory: Path, seed: int = MODEL_SEED) -> Path:
     from pytest_sglang_runner.models.embedded import EMBEDDED_CONFIG, write_random_roberta
 
     return write_random_roberta(
-        directory, shape=dict(EMBEDDED_CONFIG, **SMALL_CONFIG), dtype="float32",
-        seed=seed, std=INIT_STD, layer_norm_noise=0.0, zero_biases=True,
+        directory,
+        shape=dict(EMBEDDED_CONFIG, **SMALL_CONFIG),
+        dtype="float32",
+        seed=seed,
+        std=INIT_STD,
+        layer_norm_noise=0.0,
+        zero_biases=True,
     )
 
 
@@ -55,14 +62,22 @@ def test_mezo_learns_synthetic_sst2_on_the_runner(runner_factory, tmp_path):
     dev = prompt.encode_all(sst2.read_tsv(sst2.write_tsv(tmp_path / "dev.tsv", dev_rows)))
     assert len(dev) >= 200 and not {e.input_ids for e in dev} & {e.input_ids for e in train}  # held out
 
-    opt = mezo.MeZO(lm.views, mezo.PromptObjective(lm, prompt.label_word_ids), on_weights_changed=lm.weights_changed, **HPARAMS)
+    opt = mezo.MeZO(
+        lm.views, mezo.PromptObjective(lm, prompt.label_word_ids), on_weights_changed=lm.weights_changed, **HPARAMS
+    )
     assert len(opt.views) == len(lm.views)  # every parameter is trained
     _, chance = opt.evaluate(dev)
     assert 0.35 <= chance <= 0.65, chance
 
     started = time.monotonic()
-    opt.train(train, MAX_STEPS, batch_size=BATCH, eval_examples=dev, eval_every=EVAL_EVERY,
-              until=lambda o: o.history.eval_accuracy[-1] >= 0.8 or time.monotonic() - started > TIME_BUDGET_S)
+    opt.train(
+        train,
+        MAX_STEPS,
+        batch_size=BATCH,
+        eval_examples=dev,
+        eval_every=EVAL_EVERY,
+        until=lambda o: o.history.eval_accuracy[-1] >= 0.8 or time.monotonic() - started > TIME_BUDGET_S,
+    )
     seconds = time.monotonic() - started
     lm.close()
     opt.history.save_plot(tmp_path / "learning.png", title="MeZO (all parameters) on the runner, synthetic SST-2")

@@ -199,7 +199,9 @@ def mezo_trajectory(ctx, steps: int, seed: int, eps: float) -> dict:
         prompt = sst2.SST2Prompt(AutoTokenizer.from_pretrained(ctx.forward.model_path))
         train = prompt.encode_all(sst2.synthetic_examples(64, *sst2.embedded_word_lists(), seed=1))
         objective = mezo.PromptObjective(lm, prompt.label_word_ids)
-        opt = mezo.MeZO(lm.views, objective, lr=LR, eps=eps, weight_decay=0.1, seed=seed, on_weights_changed=lm.weights_changed)
+        opt = mezo.MeZO(
+            lm.views, objective, lr=LR, eps=eps, weight_decay=0.1, seed=seed, on_weights_changed=lm.weights_changed
+        )
         opt.train(train, steps, batch_size=16)
         return dict(
             rank=ctx.rank,
@@ -222,8 +224,14 @@ def test_mezo_tp2_follows_tp1(runner_factory, record_property):
     """10 steps from the same seeds: projected gradients within 1e-5 relative (eps 1e-2; a few fp32
     quanta at eps 1e-3), losses within 1e-5, the ranks identical to each other, each rank's masters
     the part of TP=1's (to lr * sum |dg| * max |z| and the updates' roundings)."""
-    tp1 = {eps: runner_factory.get(tp=1, **TP_SPEC).on_every_rank(mezo_trajectory, STEPS, MEZO_SEED, eps)[0] for eps, _ in EPS_TOLERANCES}
-    tp2 = {eps: runner_factory.get(tp=2, **TP_SPEC).on_every_rank(mezo_trajectory, STEPS, MEZO_SEED, eps) for eps, _ in EPS_TOLERANCES}
+    tp1 = {
+        eps: runner_factory.get(tp=1, **TP_SPEC).on_every_rank(mezo_trajectory, STEPS, MEZO_SEED, eps)[0]
+        for eps, _ in EPS_TOLERANCES
+    }
+    tp2 = {
+        eps: runner_factory.get(tp=2, **TP_SPEC).on_every_rank(mezo_trajectory, STEPS, MEZO_SEED, eps)
+        for eps, _ in EPS_TOLERANCES
+    }
 
     for eps, tolerance in EPS_TOLERANCES:
         one, (two, *others) = tp1[eps], tp2[eps]

@@ -18,7 +18,11 @@ from pytest_sglang_runner.mezo import noise
 KNOWN_ANSWERS = [
     ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
     ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0), (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
 ]
 
 
@@ -52,7 +56,9 @@ def test_step_is_zo_step_then_zo_update_bitwise(fresh_hf, prompt, synthetic_glue
 
     def three_steps(fused: bool):
         lm = mezo.HFMaskedLM(fresh_hf())
-        opt = mezo.MeZO(lm.views, mezo.PromptObjective(lm, prompt.label_word_ids), lr=1e-2, eps=1e-3, weight_decay=0.1, seed=4)
+        opt = mezo.MeZO(
+            lm.views, mezo.PromptObjective(lm, prompt.label_word_ids), lr=1e-2, eps=1e-3, weight_decay=0.1, seed=4
+        )
         for _ in range(3):
             opt.step(train) if fused else (opt.zo_step(train), opt.zo_update())
         return mezo.canonical_state(lm.views), opt.checkpoint.steps

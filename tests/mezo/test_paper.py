@@ -36,7 +36,9 @@ def paper_inputs(request, sst2_dir):
     model = request.config.getoption("sglang_model", default=None) or ""
     local = _local_model(model)
     if "roberta-large" not in model or local is None:
-        pytest.skip(f"needs --sglang-model roberta-large as a local directory or in the HF cache (got {model or 'the embedded model'})")
+        pytest.skip(
+            f"needs --sglang-model roberta-large as a local directory or in the HF cache (got {model or 'the embedded model'})"
+        )
     if sst2_dir is None:
         pytest.skip("needs --sst2-dir DIR with MeZO's k-shot SST-2 data (data/k-shot/SST-2/16-{13,21,42,87,100})")
     try:
@@ -60,12 +62,30 @@ def test_mezo_k16_matches_table_18(paper_inputs, runner, record_property):
 
     def make():
         mezo.load_canonical(lm.views, initial)
-        return mezo.MeZO(lm.views, mezo.PromptObjective(lm, prompt.label_word_ids), lr=hp["lr"], eps=hp["eps"],
-                         weight_decay=hp["weight_decay"], on_weights_changed=lm.weights_changed)
+        return mezo.MeZO(
+            lm.views,
+            mezo.PromptObjective(lm, prompt.label_word_ids),
+            lr=hp["lr"],
+            eps=hp["eps"],
+            weight_decay=hp["weight_decay"],
+            on_weights_changed=lm.weights_changed,
+        )
 
     try:
-        results = [sst2.run_kshot(make, prompt, data, 16, seed, steps=hp["steps"], eval_every=hp["eval_every"],
-                                  batch_size=hp["batch_size"], progress=True) for seed in sst2.KSHOT_SEEDS]
+        results = [
+            sst2.run_kshot(
+                make,
+                prompt,
+                data,
+                16,
+                seed,
+                steps=hp["steps"],
+                eval_every=hp["eval_every"],
+                batch_size=hp["batch_size"],
+                progress=True,
+            )
+            for seed in sst2.KSHOT_SEEDS
+        ]
     finally:
         lm.close()
         mezo.load_canonical(lm.views, initial)

@@ -11,7 +11,14 @@ def test_template_layout(prompt, tokenizer):
     """<s> {sentence} It was <mask> . </s>, label words one token each."""
     encoded = prompt.encode(sst2.Example("a great film", 1))
     enc = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
-    expected = [tokenizer.bos_token_id, *enc("a great film"), *enc(" It was"), tokenizer.mask_token_id, *enc("."), tokenizer.eos_token_id]
+    expected = [
+        tokenizer.bos_token_id,
+        *enc("a great film"),
+        *enc(" It was"),
+        tokenizer.mask_token_id,
+        *enc("."),
+        tokenizer.eos_token_id,
+    ]
     assert list(encoded.input_ids) == expected
     assert encoded.input_ids[encoded.mask_pos] == tokenizer.mask_token_id
     assert prompt.label_word_ids == [enc(" terrible")[0], enc(" great")[0]]
