@@ -13,6 +13,7 @@ from _pytest.config.argparsing import Parser
 from _pytest.fixtures import FixtureFunctionDefinition
 
 from pytest_sglang_runner import factories, mezo_plugin, plugin
+from pytest_sglang_runner.plugin import configure
 
 PLUGINS = (
     ("pytest_sglang_runner.plugin", plugin),
@@ -48,7 +49,7 @@ def options_table() -> list[str]:
 
 
 def markers_table() -> list[str]:
-    markers = [*plugin.MARKERS, plugin.GPU_ALIAS_MARKER, *mezo_plugin.MARKERS]
+    markers = [*configure.MARKERS, configure.GPU_ALIAS_MARKER, *mezo_plugin.MARKERS]
     lines = ["| marker | meaning |", "|---|---|"]
     for marker in markers:
         name, _, meaning = marker.partition(": ")
@@ -56,13 +57,20 @@ def markers_table() -> list[str]:
     return lines
 
 
+def _defined_at(fixture: FixtureFunctionDefinition) -> tuple[str, int]:
+    """Where the fixture's function is written: the table lists fixtures in source order (the
+    plugin package's ``__init__`` imports them in alphabetical order)."""
+    code = fixture._get_wrapped_function().__code__
+    return code.co_filename, code.co_firstlineno
+
+
 def fixtures_table() -> list[str]:
     lines = ["| fixture | scope | from | docstring |", "|---|---|---|---|"]
     for where, module in PLUGINS:
-        for name, value in vars(module).items():
-            if isinstance(value, FixtureFunctionDefinition):
-                scope = value._fixture_function_marker.scope
-                lines.append(f"| `{name}` | {scope} | {where.split(' ')[0]} | {_cell(inspect.getdoc(value))} |")
+        fixtures = {name: value for name, value in vars(module).items() if isinstance(value, FixtureFunctionDefinition)}
+        for name, value in sorted(fixtures.items(), key=lambda item: _defined_at(item[1])):
+            scope = value._fixture_function_marker.scope
+            lines.append(f"| `{name}` | {scope} | {where.split(' ')[0]} | {_cell(inspect.getdoc(value))} |")
     return lines
 
 
