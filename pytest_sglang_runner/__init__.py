@@ -5,8 +5,8 @@ the comparison helpers and the result types of `Forward.generate` / `HFRunner.ge
 """
 
 from .compare import assert_logprobs_close, assert_tokens_equal, logprob_mismatches, max_logprob_differences
-from .generation import Generation, TokenLogprob
 from .reference import HFRunner
+from .results import Generation, TokenLogprob
 
 __all__ = [
     "Generation",

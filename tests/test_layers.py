@@ -21,7 +21,10 @@ LAYERS = (
     ("runner, references, comparisons", {"runner", "reference", "compare"}),
     ("services, MeZO", {"services", "mezo"}),
     ("pytest plugins", {"plugin", "mezo_plugin"}),
-    ("the package and its old module paths", {"", "lifecycle", "forward", "generation", "sst2", "factories"}),
+    (
+        "the package and its old module paths",
+        {"", "lifecycle", "forward", "generation", "sst2", "factories", "ranks", "limits"},
+    ),
 )
 LEAVES = LAYERS[0][1]
 

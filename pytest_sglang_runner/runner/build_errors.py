@@ -125,5 +125,5 @@ def build_failure(plan: BuildPlan, exc: BaseException) -> Exception:
         )
     return RunnerBuildError(
         f"building the SGLang runner failed: SGLang {version} could not build {architecture} "
-        f"({spec.describe()}): {cause}{_origin(exc)}"
+        f"(model={spec.model} device={plan.device_label} dtype={plan.dtype} tp={spec.tp}): {cause}{_origin(exc)}"
     )

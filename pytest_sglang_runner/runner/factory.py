@@ -33,7 +33,7 @@ from .build_errors import build_failure, drop_frames, port_taken_by_another_proc
 from .forward import Forward
 from .live import BuildRecord, LiveRunner
 from .peers import RankPeers
-from .plan import BuildPlan
+from .plan import BuildPlan, resolve_model_path
 from .quiet import quiet_build
 
 BUILD_ATTEMPTS = 2  # a second try only when a reserved port was taken by a process outside the kit
@@ -119,6 +119,7 @@ class RunnerFactory:
     _failed: dict = field(default_factory=dict)
     _hf_models: dict = field(default_factory=dict)
     _hf_runners: dict = field(default_factory=dict)
+    _plans: dict = field(default_factory=dict)
 
     def spec_for(self, **overrides: Any) -> RunnerSpec:
         return self.default_spec.with_overrides(**overrides) if overrides else self.default_spec
@@ -181,11 +182,17 @@ class RunnerFactory:
                 sys.stderr.write(f"sglang-runner: while tearing down the broken runner: {exc!r}\n")
 
     def plan(self, spec: RunnerSpec | None = None) -> BuildPlan:
-        """What ``spec`` (default: the run's) builds on this worker: model directory, device, GPUs, dtype."""
-        return BuildPlan.resolve(spec or self.default_spec, self.cache_root, self.worker_index)
+        """What ``spec`` (default: the run's) builds on this worker: model directory, device, GPUs,
+        dtype; resolved once per spec and process."""
+        spec = spec or self.default_spec
+        if spec not in self._plans:
+            self._plans[spec] = BuildPlan.resolve(spec, self.cache_root, self.worker_index)
+        return self._plans[spec]
 
     def model_path(self, spec: RunnerSpec | None = None) -> str:
-        return self.plan(spec).model_path
+        """The spec's local model directory (the embedded model written on first use); no device needed."""
+        spec = spec or self.default_spec
+        return self._plans[spec].model_path if spec in self._plans else resolve_model_path(spec, self.cache_root)
 
     def hf_model(self, model_path: str):
         """The checkpoint in HF transformers with the architecture its config names (fp32, eval)."""
@@ -239,6 +246,7 @@ class RunnerFactory:
         process.prepare_process(plan.device)
         process.import_sglang()
         process.detect_api()  # an unknown bootstrap fails here, before any port is taken
+        version = process.installed_version()
         for attempt in range(1, BUILD_ATTEMPTS + 1):
             reservations = ports.reserve_ports(2)
             dist_port, server_port = (r.port for r in reservations)
@@ -267,7 +275,7 @@ class RunnerFactory:
         record = BuildRecord(
             model=plan.model_path,
             device=plan.device_label,
-            sglang_version=process.installed_version(),
+            sglang_version=version,
             dtype=plan.dtype,
             attention_backend=plan.attention_backend,
             tp=spec.tp,

@@ -4,7 +4,7 @@
 it on the ModelRunner, splits the packed output back into one tensor per sequence, and gives
 the KV slots back. `prepare` / `run` / `release` keep a packed batch alive so it can be run
 again (MeZO runs one batch twice per step); only one prepared batch lives at a time.
-`generate` decodes greedily (`generation.generate`). Each call runs under the runner's time limit
+`generate` decodes greedily (`runner.generate`). Each call runs under the runner's time limit
 (`timeouts`); after a timeout the runner's state is unknown, and its owner tears it down.
 """
 
@@ -20,8 +20,9 @@ from ..model_io import MaskedLMOutput
 from ..results import Generation
 from ..sglang_compat import batches
 from ..tokens import Tokenized
-from . import generate as generation
 from . import limits
+from .generate import check_request
+from .generate import generate as generate_greedy
 
 
 @dataclass
@@ -233,7 +234,7 @@ class Forward(Tokenized):
             )
         self._check_no_live_batch()
         token_lists = self.token_lists(prompts)
-        generation.check_request(self.runner, token_lists, max_new_tokens, top_logprobs)  # before any rank starts
+        check_request(self.runner, token_lists, max_new_tokens, top_logprobs)  # before any rank starts
         options = dict(
             max_new_tokens=max_new_tokens,
             top_logprobs=top_logprobs,
@@ -241,7 +242,7 @@ class Forward(Tokenized):
             ignore_eos=ignore_eos,
         )
         self._mirror("generate", token_lists, **options)
-        results = generation.generate(self.runner, token_lists, **options)
+        results = generate_greedy(self.runner, token_lists, **options)
         for result in results:
             result.text = self.decode(result.output_ids)
         return results

@@ -146,7 +146,8 @@ class EveryRankCall:
         self._rank0_failed = False
         self._watcher: threading.Thread | None = None
 
-    def start(self, message: tuple) -> None:
+    def start(self, message: Any) -> None:
+        """Send ``message`` (a `peers.PeerCommand`) to every peer and start watching for their outcomes."""
         for rank, conn in enumerate(self.peers.conns, start=1):
             try:
                 conn.send(message)
