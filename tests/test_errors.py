@@ -38,14 +38,10 @@ def test_no_free_port_is_a_kit_error_naming_the_lock_directory():
     assert str(ports.LOCK_DIR) in str(caught.value) and "remove that directory" in str(caught.value)
 
 
-def test_no_free_port_fails_the_runner_test_in_one_line(pytester):
-    pytester.makeconftest(
-        """
-        from pytest_sglang_runner import ports
-
-        ports.reserve_port.__defaults__ = (0,)  # every try taken: the fault itself cannot be made here
-        """
-    )
+def test_no_free_port_fails_the_runner_test_in_one_line(pytester, monkeypatch):
+    """In-process inner run, so the patch (every try taken: the fault itself cannot be made here)
+    reaches it and is undone after this test."""
+    monkeypatch.setattr(ports.reserve_port, "__defaults__", (0,))
     pytester.makepyfile("def test_needs_a_runner(runner):\n    pass\n")
     result = pytester.runpytest("-p", "no:cacheprovider", "-W", "ignore")
     result.assert_outcomes(errors=1)

@@ -135,7 +135,7 @@ def test_the_wheel_ships_the_package_typed_with_its_entry_point_and_no_tests(whe
         entry_points.read_string(archive.read(f"{dist_info}/entry_points.txt").decode())
 
     assert "pytest_sglang_runner/py.typed" in names
-    assert "pytest_sglang_runner/plugin.py" in names
+    assert "pytest_sglang_runner/plugin/__init__.py" in names
     assert f"{dist_info}/licenses/LICENSE" in names
     assert entry_points["pytest11"]["sglang_runner"] == "pytest_sglang_runner.plugin"
     tops = {n.split("/")[0] for n in names}

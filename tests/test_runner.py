@@ -191,6 +191,18 @@ def test_a_build_that_fails_half_way_is_torn_down(runner_factory, sglang_model_p
     assert runner_factory.get().forward(BATCH[:1]).logits[0].isfinite().all()
 
 
+def test_a_build_that_fails_in_the_loader_leaves_torchs_default_dtype(runner_factory, sglang_model_path, tmp_path):
+    """SGLang 0.5.17 sets the model's dtype as torch's default while it loads and does not put it
+    back when the loader raises: every later test would make bfloat16 tensors by default."""
+    broken = tmp_path / "broken"
+    shutil.copytree(sglang_model_path, broken)
+    shorten_tensor(broken, "roberta.encoder.layer.0.output.dense.weight")
+    assert torch.get_default_dtype() == torch.float32
+    with pytest.raises(RunnerBuildError):
+        runner_factory.get(model=str(broken), dtype="bfloat16")
+    assert torch.get_default_dtype() == torch.float32
+
+
 @pytest.mark.skipif(0 < torch.cuda.device_count() < 2, reason="TP=2 on CUDA needs 2 GPUs")
 @pytest.mark.sglang(tp=2)
 def test_tensor_parallel_runner_matches_tp1(sglang_forward, hf_model, runner):

@@ -19,12 +19,17 @@ from __future__ import annotations
 
 from .process import cpu_threads_bind, detect_api
 from .server_args import resolved
-from .shims import cpu_native_layers, fill_config_gaps, loopback_rendezvous
+from .shims import cpu_native_layers, default_dtype_kept, fill_config_gaps, loopback_rendezvous
 
 
 def build_model_runner(server_args, *, tp_rank: int, gpu_id: int, dist_port: int, device: str):
     """A fully initialised ModelRunner (weights, KV pool, attention backend, graphs) for one rank."""
-    with cpu_native_layers(device), cpu_threads_bind(device, server_args.tp_size), loopback_rendezvous():
+    with (
+        cpu_native_layers(device),
+        cpu_threads_bind(device, server_args.tp_size),
+        loopback_rendezvous(),
+        default_dtype_kept(),
+    ):
         return _build(server_args, tp_rank=tp_rank, gpu_id=gpu_id, dist_port=dist_port, device=device)
 
 

@@ -21,6 +21,8 @@
 * **Advice in SGLang's own flags.** A KV pool that does not fit fails with "increase
   --mem-fraction-static", a server flag the kit spells ``--sglang-mem-fraction``;
   `kv_pool_does_not_fit` reads that from an error.
+* **torch's default dtype left behind.** SGLang 0.5.17 does not restore it when its loader
+  raises; `default_dtype_kept` does, around every build.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import re
-from typing import Callable
+from typing import Callable, Iterator
 
 from .process import uses_cpu_engine
 
@@ -159,3 +161,18 @@ def loopback_rendezvous():
         yield
     finally:
         undo()
+
+
+@contextlib.contextmanager
+def default_dtype_kept() -> Iterator[None]:
+    """torch's default dtype as it was before a build, whatever the build did. SGLang 0.5.17's
+    ``set_default_torch_dtype`` restores it only when the loader returns: a build that fails inside
+    the loader (a broken checkpoint, a model class that raises) left the model's dtype as every
+    later test's default (``torch.zeros(3)`` in bfloat16)."""
+    import torch
+
+    dtype = torch.get_default_dtype()
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(dtype)

@@ -181,6 +181,12 @@ Z_MAX = math.sqrt(-2 * math.log(2.0**-24))  # the largest |z| Box-Muller makes f
 # differ from TP=1's by an ulp or two: g to 1e-5 needs eps 1e-2 (a quantum of 3e-6); at 1e-3, g
 # agrees to a few quanta.
 EPS_TOLERANCES = ((1e-2, 1e-5), (1e-3, 1e-4))
+LOSS_ULPS = 4  # how far apart TP=1 and TP=2 may put one forward's fp32 loss
+
+
+def _fp32_ulp(x: float) -> float:
+    """The spacing of float32 numbers at ``x``."""
+    return 2.0 ** (math.frexp(x)[1] - 24)
 
 
 def mezo_trajectory(ctx, steps: int, seed: int, eps: float) -> dict:
@@ -221,8 +227,8 @@ def mezo_trajectory(ctx, steps: int, seed: int, eps: float) -> dict:
 
 @pytest.mark.skipif(0 < torch.cuda.device_count() < 2, reason="TP=2 on CUDA needs 2 GPUs")
 def test_mezo_tp2_follows_tp1(runner_factory, record_property):
-    """10 steps from the same seeds: projected gradients within 1e-5 relative (eps 1e-2; a few fp32
-    quanta at eps 1e-3), losses within 1e-5, the ranks identical to each other, each rank's masters
+    """10 steps from the same seeds: projected gradients within 1e-5 of their scale, and each step's
+    within a few fp32 ulps of the loss over eps (eps 1e-2; a few fp32 quanta at eps 1e-3), losses within 1e-5, the ranks identical to each other, each rank's masters
     the part of TP=1's (to lr * sum |dg| * max |z| and the updates' roundings)."""
     tp1 = {
         eps: runner_factory.get(tp=1, **TP_SPEC).on_every_rank(mezo_trajectory, STEPS, MEZO_SEED, eps)[0]
@@ -250,8 +256,14 @@ def test_mezo_tp2_follows_tp1(runner_factory, record_property):
         record_property(f"eps{eps:g}_max_grad_difference_of_max_g_rms", of_scale)
         record_property(f"eps{eps:g}_max_relative_loss_difference", loss)
         assert of_scale <= tolerance, (grads, rms)
-        if eps == 1e-2:  # the issue's form, step by step: resolvable at this eps (see above)
-            assert relative <= 1e-5, grads
+        if eps == 1e-2:  # step by step, resolvable at this eps: TP=2 sums each logit in another order,
+            # so a loss may differ in its last fp32 bits, and g = (L+ - L-) / 2eps carries that:
+            # at most LOSS_ULPS ulps of the loss per forward, over eps. (A bound of 1e-5 relative held
+            # for large g only: torch 2.14's CPU sums put one small g 4.8e-5 apart, 0.5 ulp of its loss.)
+            ulp = _fp32_ulp(max(abs(x) for x in one["losses"] + two["losses"]))
+            per_step = max(abs(a - b) for a, b in grads)
+            record_property(f"eps{eps:g}_max_grad_difference_in_loss_ulps_over_eps", per_step * eps / ulp)
+            assert per_step <= LOSS_ULPS * ulp / eps, grads
         assert loss <= 1e-5
 
         # Each update moves a weight by lr * g * z: apart by at most lr * sum |dg| * max |z|, plus
