@@ -52,6 +52,7 @@ class FactoryFixtures:
     def __init__(self) -> None:
         self._conftests: dict[Path, dict[str, dict[str, Any]]] = {}
         self._plugins: dict[str, dict[str, Any]] = {}
+        self._namespaces: dict[Any, dict[str, dict[str, Any]]] = {}  # test modules and classes, scanned once
 
     def pytest_plugin_registered(self, plugin: Any) -> None:
         """Historic: called for every plugin registered before this object too."""
@@ -64,6 +65,15 @@ class FactoryFixtures:
         else:
             self._plugins.update(found)
 
+    def _in_namespace(self, namespace: Any) -> dict[str, dict[str, Any]]:
+        """A test module's or class's factory fixtures: scanned once, not for each of its tests
+        (collection, the every-rank check and each fixture ask per test)."""
+        if namespace is None:
+            return {}
+        if namespace not in self._namespaces:
+            self._namespaces[namespace] = _factory_fixtures_in(namespace)
+        return self._namespaces[namespace]
+
     def for_item(self, item: pytest.Item) -> list[tuple[str, dict[str, Any]]]:
         """(fixture name, settings) for each factory fixture this test uses, directly or not."""
         scopes = [self._plugins]
@@ -73,10 +83,7 @@ class FactoryFixtures:
             for directory, found in sorted(self._conftests.items(), key=lambda kv: len(kv[0].parts))
             if directory in path.parents
         ]
-        scopes += [
-            _factory_fixtures_in(getattr(item, "module", None)),
-            _factory_fixtures_in(getattr(item, "cls", None)),
-        ]
+        scopes += [self._in_namespace(getattr(item, "module", None)), self._in_namespace(getattr(item, "cls", None))]
         visible: dict[str, dict[str, Any]] = {}
         for scope in scopes:  # closer definitions last, so they win
             visible.update(scope)
