@@ -7,6 +7,20 @@ keeps them out of every snapshot's reach, whatever order the tests run in.
 """
 
 import importlib
+import os
+import sys
+from pathlib import Path
+
+# pytester points HOME at each inner run's own directory: without a cache named here, every inner
+# run would write the embedded models (embedded-llama trains for seconds) and the ServerArgs schema
+# again into its own ~/.cache. Tests that need an empty cache still set XDG_CACHE_HOME themselves.
+os.environ.setdefault("XDG_CACHE_HOME", str(Path.home() / ".cache"))
+# README's install skips pip's byte-compilation of SGLang's whole dependency tree (36k files, about
+# 3.5 min on CI's 2 cores); the suite writes the bytecode of the ~7k modules it imports, once, as
+# it first imports them (some images set PYTHONDONTWRITEBYTECODE, which would make every process
+# compile them again).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 for _name in ("torch", "torchvision", "transformers", "transformers.generation"):
     try:
