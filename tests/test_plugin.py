@@ -327,13 +327,14 @@ def test_the_embedded_model_is_written_once_per_machine_and_cleared_on_request(
     pytester, tmp_path, monkeypatch, record_property
 ):
     """The second run reads the model the first one wrote (a persistent, version-keyed cache);
-    --sglang-clear-cache writes it again. The run times are quoted in docs/index.md."""
+    --sglang-clear-cache writes it again. The run times are quoted in docs/index.md. The test asks
+    for the model's directory only: a runner build would add the same SGLang import to each run."""
     import time
 
     from pytest_sglang_runner.models.embedded import bytes_key
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    pytester.makepyfile(test_x="def test_x(runner):\n    assert runner.model is not None\n")
+    pytester.makepyfile(test_x="def test_x(sglang_model_path):\n    assert sglang_model_path.endswith('embedded-llama')\n")
     weights = (
         tmp_path / "xdg" / "pytest-sglang-runner" / "models" / bytes_key() / "embedded-llama" / "model.safetensors"
     )
