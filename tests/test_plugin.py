@@ -334,7 +334,9 @@ def test_the_embedded_model_is_written_once_per_machine_and_cleared_on_request(
     from pytest_sglang_runner.models.embedded import bytes_key
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    pytester.makepyfile(test_x="def test_x(sglang_model_path):\n    assert sglang_model_path.endswith('embedded-llama')\n")
+    pytester.makepyfile(
+        test_x="def test_x(sglang_model_path):\n    assert sglang_model_path.endswith('embedded-llama')\n"
+    )
     weights = (
         tmp_path / "xdg" / "pytest-sglang-runner" / "models" / bytes_key() / "embedded-llama" / "model.safetensors"
     )
