@@ -6,6 +6,7 @@ TORCH_LIBRARY can be used to register the namespace ..."). Importing them here, 
 keeps them out of every snapshot's reach, whatever order the tests run in.
 """
 
+import functools
 import importlib
 import os
 import sys
@@ -29,6 +30,7 @@ for _name in ("torch", "torchvision", "transformers", "transformers.generation")
         pass
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from transformers import (  # noqa: E402,F401  (the model classes the tests build)
     BertModel,
     Gemma2ForCausalLM,
@@ -45,3 +47,41 @@ from transformers import (  # noqa: E402,F401  (the model classes the tests buil
 def embedded_llama(runner_factory) -> str:
     """embedded-llama's directory, written once per run (it trains for seconds); inner sessions read it by path."""
     return runner_factory.model_path(runner_factory.spec_for(model="embedded-llama"))
+
+
+# The environment the zygote of tests/forked.py starts with: the run's own, before any test changes it.
+ZYGOTE_ENV = dict(os.environ)
+ON_CPU_ONLY = not torch.cuda.is_available()
+
+
+@pytest.fixture(scope="session")
+def zygote(tmp_path_factory):
+    """Forks inner pytest sessions with SGLang imported already (tests/forked.py); CPU runs only."""
+    from forked import Zygote
+
+    started = Zygote(ZYGOTE_ENV, tmp_path_factory.mktemp("zygote") / "zygote.log")
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def runpytest_forked(pytester, request):
+    """``pytester.runpytest_subprocess`` for sessions whose test is not SGLang's import: forked from
+    the zygote on CPU (no 15-20 s import each), a fresh process on a GPU box."""
+    if not ON_CPU_ONLY:
+        return pytester.runpytest_subprocess
+    import forked
+
+    return functools.partial(forked.runpytest, pytester, request.getfixturevalue("zygote"))
+
+
+@pytest.fixture
+def start_pytest(request):
+    """``start_pytest(args, cwd=, env=, stdout=, stderr=None, new_session=False)``: a pytest
+    session running beside the test, forked from the zygote on CPU, a fresh process on a GPU box;
+    it has ``pid``, ``poll()``, ``wait(timeout)``, ``returncode``, ``kill()`` and ``output()``."""
+    import forked
+
+    if not ON_CPU_ONLY:
+        return forked.Fresh
+    return request.getfixturevalue("zygote").start

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -36,19 +35,19 @@ def test_every_example_folder_is_run():
     reason="the examples are run on CPU here; a GPU machine runs them as written",
 )
 @pytest.mark.parametrize("folder", sorted(PROJECTS))
-def test_the_example_project_passes(folder, tmp_path):
+def test_the_example_project_passes(folder, tmp_path, start_pytest):
     extra, passed = PROJECTS[folder]
     project = shutil.copytree(EXAMPLES / folder, tmp_path / folder)
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-W", "ignore", *extra],
+    session = start_pytest(
+        ["-p", "no:cacheprovider", "-W", "ignore", *extra],
         cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        env=dict(os.environ),
+        stdout=tmp_path / "stdout.txt",
+        stderr=tmp_path / "stderr.txt",
     )
-    assert result.returncode == 0 and re.search(rf"\b{passed} passed\b", result.stdout), (
-        result.stdout[-4000:] + result.stderr[-2000:]
-    )
+    code = session.wait(600)
+    stdout, stderr = session.output(), (tmp_path / "stderr.txt").read_text()
+    assert code == 0 and re.search(rf"\b{passed} passed\b", stdout), stdout[-4000:] + stderr[-2000:]
 
 
 def _readme_commands() -> list[str]:

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -42,7 +40,7 @@ def records(directory):
     return [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
 
 
-def test_a_user_test_needs_nothing_but_the_runner_fixture(pytester, tmp_path, monkeypatch):
+def test_a_user_test_needs_nothing_but_the_runner_fixture(pytester, runpytest_forked, tmp_path, monkeypatch):
     monkeypatch.setenv("STATE_FILE", str(tmp_path / "state.json"))
     pytester.makeconftest(RECORD_STATE_AT_EXIT)
     pytester.makepyfile(
@@ -54,7 +52,7 @@ def test_a_user_test_needs_nothing_but_the_runner_fixture(pytester, tmp_path, mo
             assert False, "on purpose"
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "ignore")
+    result = runpytest_forked("-p", "no:cacheprovider", "-W", "ignore")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.re_match_lines(
         [
@@ -82,36 +80,22 @@ def test_each_xdist_worker_builds_its_own_runner(pytester, tmp_path, monkeypatch
     result.stdout.re_match_lines([r"sglang-runner: SGLang .* tp 1: 2 builds in [\d.]+, [\d.]+ s"])
 
 
-def test_two_pytest_sessions_at_once_both_pass_with_disjoint_ports(pytester, tmp_path):
+def test_two_pytest_sessions_at_once_both_pass_with_disjoint_ports(pytester, tmp_path, start_pytest):
     pytester.makepyfile(test_record=RECORD_RUNNER)
     outs = [tmp_path / "one", tmp_path / "two"]
     sessions = []
     for out in outs:
         out.mkdir()
-        env = dict(__import__("os").environ, OUT_DIR=str(out))
         sessions.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "pytest",
-                    "-p",
-                    "no:cacheprovider",
-                    "-W",
-                    "ignore",
-                    "-q",
-                    "--sglang-mem-fraction=0.3",
-                    str(pytester.path),
-                ],
+            start_pytest(
+                ["-p", "no:cacheprovider", "-W", "ignore", "-q", "--sglang-mem-fraction=0.3", str(pytester.path)],
                 cwd=pytester.path,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
+                env=dict(os.environ, OUT_DIR=str(out)),
+                stdout=out / "output.txt",
             )
         )
-    outputs = [session.communicate(timeout=600)[0] for session in sessions]
-    assert [session.returncode for session in sessions] == [0, 0], outputs
+    codes = [session.wait(600) for session in sessions]
+    assert codes == [0, 0], [session.output() for session in sessions]
     (one,), (two,) = records(outs[0]), records(outs[1])
     assert not set(one["ports"]) & set(two["ports"])
 
@@ -218,12 +202,10 @@ def _build_lines_of(result) -> list[str]:
     return [line for line in result.outlines if line.startswith("sglang-runner: SGLang") and " built " in line]
 
 
-def test_factory_fixtures_name_a_config_that_is_ordered_and_built_once(pytester):
+def test_factory_fixtures_name_a_config_that_is_ordered_and_built_once(pytester, runpytest_forked):
     pytester.makeconftest(FACTORY_CONFTEST)
     pytester.makepyfile(test_named=FACTORY_TESTS)
-    result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-p", "no:xdist", "-v", "-W", "ignore", *INNER_DEVICE
-    )
+    result = runpytest_forked("-p", "no:cacheprovider", "-p", "no:xdist", "-v", "-W", "ignore", *INNER_DEVICE)
     result.assert_outcomes(passed=4, errors=1)
     # The default config first, then the factory's; each built once.
     order = [line.split(" ")[0] for line in _collected(result)[:5]]
@@ -272,9 +254,9 @@ def test_sglang_skip_skips_the_runner_tests_only(pytester, how):
     result.stdout.fnmatch_lines(["*--sglang-skip: tests that use an SGLang runner are skipped*"])
 
 
-def test_runs_without_xdist(pytester):
+def test_runs_without_xdist(pytester, runpytest_forked):
     pytester.makepyfile(test_x="def test_x(runner):\n    assert runner.model is not None\n")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist", "-W", "ignore")
+    result = runpytest_forked("-p", "no:cacheprovider", "-p", "no:xdist", "-W", "ignore")
     result.assert_outcomes(passed=1)
 
 
@@ -297,7 +279,7 @@ def test_more_workers_than_gpus_is_a_usage_error(pytester, record_property):
     result.stderr.fnmatch_lines([f"*-n {workers} with --sglang-tp 1 needs {workers} GPUs*"])
 
 
-def test_an_hf_masked_lm_checkpoint_loads_through_the_model_option(pytester, tmp_path):
+def test_an_hf_masked_lm_checkpoint_loads_through_the_model_option(pytester, runpytest_forked, tmp_path):
     """A RobertaForMaskedLM saved by transformers, given as --sglang-model PATH, gives HF's <mask> logits."""
     from pytest_sglang_runner.models.embedded import write_embedded_model
 
@@ -319,7 +301,7 @@ def test_an_hf_masked_lm_checkpoint_loads_through_the_model_option(pytester, tmp
         """
         % str(checkpoint)
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "ignore", f"--sglang-model={checkpoint}")
+    result = runpytest_forked("-p", "no:cacheprovider", "-W", "ignore", f"--sglang-model={checkpoint}")
     result.assert_outcomes(passed=1)
 
 

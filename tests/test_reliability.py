@@ -10,8 +10,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -419,14 +417,14 @@ def test_runner(sglang_live, worker_id):
 SESSIONS = 8
 
 
-def _session_command(directory: Path, model: str, workers: int) -> list[str]:
+def _session_args(directory: Path, model: str, workers: int) -> list[str]:
     xdist = ["-n", str(workers), "--dist", "loadfile"] if workers else []
     device = [] if ON_GPU else ["--sglang-device=cpu"]
-    return [sys.executable, "-m", "pytest", *INNER_ARGS, f"--sglang-model={model}", *xdist, *device, str(directory)]
+    return [*INNER_ARGS, f"--sglang-model={model}", *xdist, *device, str(directory)]
 
 
 def test_eight_sessions_at_once_pass_with_disjoint_ports(
-    tmp_path, lock_dir, monkeypatch, record_property, embedded_llama
+    tmp_path, lock_dir, monkeypatch, record_property, embedded_llama, start_pytest
 ):
     """On CPU two of the sessions run two xdist workers each, so ten processes build runners at once."""
     out = tmp_path / "out"
@@ -441,19 +439,17 @@ def test_eight_sessions_at_once_pass_with_disjoint_ports(
         session_workers.append(workers)
         for name in ("test_a.py", "test_b.py")[: 2 if workers else 1]:
             (directory / name).write_text(RUNNER_TEST)
-        log = open(directory / "output.txt", "w")
         processes.append(
-            subprocess.Popen(
-                _session_command(directory, embedded_llama, workers),
+            start_pytest(
+                _session_args(directory, embedded_llama, workers),
                 cwd=directory,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                env=dict(os.environ),
+                stdout=directory / "output.txt",
             )
         )
-        log.close()
     for process in processes:
         process.wait(timeout=900)
-    outputs = [(tmp_path / f"session{index}" / "output.txt").read_text() for index in range(SESSIONS)]
+    outputs = [process.output() for process in processes]
     passed = sum(process.returncode == 0 for process in processes)
     ports = [port for path in out.glob("*.json") for port in json.loads(path.read_text())]
     record_property("concurrent_sessions", SESSIONS)
@@ -525,7 +521,7 @@ PHASES = [
 
 @pytest.mark.parametrize("phase", PHASES)
 def test_sigint_at_each_phase_exits_2_and_leaves_nothing(
-    pytester, tmp_path, lock_dir, monkeypatch, phase, record_property, embedded_llama
+    pytester, tmp_path, lock_dir, monkeypatch, phase, record_property, embedded_llama, start_pytest
 ):
     """Ctrl-C at that point: exit code 2, no process left (TP peers included), no lock file, no port."""
     phase_file = tmp_path / "phase"
@@ -534,13 +530,12 @@ def test_sigint_at_each_phase_exits_2_and_leaves_nothing(
     pytester.makeconftest(PHASE_CONFTEST)
     pytester.makepyfile(test_phase=PHASE_TESTS)
     tp = ["--sglang-tp=2"] if phase.startswith("tp2") else []
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", *INNER_ARGS, f"--sglang-model={embedded_llama}", *tp],
+    process = start_pytest(
+        [*INNER_ARGS, f"--sglang-model={embedded_llama}", *tp],
         cwd=pytester.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+        env=dict(os.environ),
+        stdout=tmp_path / "output.txt",
+        new_session=True,
     )
     deadline = time.monotonic() + 300
     while not phase_file.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -551,7 +546,8 @@ def test_sigint_at_each_phase_exits_2_and_leaves_nothing(
         else []
     )
     os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C does: the whole foreground group
-    output, _ = process.communicate(timeout=120)
+    process.wait(timeout=120)
+    output = process.output()
     time.sleep(1)  # killed peers are reaped by their parent's exit
     survivors = [
         pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

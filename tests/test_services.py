@@ -150,7 +150,7 @@ def test_the_failure_is_remembered(sglang_server):
 
 
 def test_deaths_and_failed_starts_give_clear_errors_and_leave_nothing(
-    pytester, tmp_path, embedded_llama, monkeypatch, record_property
+    pytester, runpytest_forked, tmp_path, embedded_llama, monkeypatch, record_property
 ):
     """A server or Engine killed mid-test fails that test at once, naming the death; the next test
     gets a fresh one (with a `ServiceRestarted` warning); a server that cannot start fails its test
@@ -159,7 +159,7 @@ def test_deaths_and_failed_starts_give_clear_errors_and_leave_nothing(
     monkeypatch.setenv("SERVICE_PIDS", str(pids))
     pytester.makepyfile(test_lifecycle=LIFECYCLE_TESTS)
     dtype = ["--sglang-dtype=bfloat16"] if ON_GPU else []
-    result = pytester.runpytest_subprocess(*INNER_ARGS, f"--sglang-model={embedded_llama}", *dtype, "-rA", timeout=900)
+    result = runpytest_forked(*INNER_ARGS, f"--sglang-model={embedded_llama}", *dtype, "-rA", timeout=900)
     output = result.stdout.str()
     result.assert_outcomes(passed=4, errors=2, warnings=2)
     for name in ("sglang_server", "sglang_engine"):

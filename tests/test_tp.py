@@ -159,7 +159,7 @@ def test_replay_works_again(sglang_forward):
 
 
 @pytest.fixture
-def inner_run(pytester, tmp_path, monkeypatch, request):
+def inner_run(pytester, runpytest_forked, tmp_path, monkeypatch, request):
     """The inner session runs on the outer one's device (CPU unless --sglang-device cuda) and
     ServerArgs (so a GPU run can turn CUDA graphs on)."""
     records = os.environ.get("TP_RECORD_DIR")  # a GPU run keeps them, also when the run is cut off
@@ -172,7 +172,7 @@ def inner_run(pytester, tmp_path, monkeypatch, request):
 
     def run(**files):
         pytester.makepyfile(**files)
-        result = pytester.runpytest_subprocess(
+        result = runpytest_forked(
             "-p", "no:cacheprovider", "-W", "ignore", f"--sglang-device={device}", *server_args, timeout=900
         )
         entries = [json.loads(line) for line in record.read_text().splitlines()]
