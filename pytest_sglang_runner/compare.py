@@ -7,7 +7,9 @@
   first, agree within ``prefill_tolerance`` at every prompt position and within
   ``decode_tolerance`` at every output position up to and including the first divergence.
 
-Both need logprobs on both sides (``generate(..., top_logprobs=k)`` with k >= 1). A failure
+Both need logprobs on both sides (``generate(..., top_logprobs=k)`` with k >= 1). A position the
+tolerance rule compares where either side has no top-k (an empty ``top``, or no entry at all) fails
+it, naming that side: a side that returned no top-k never passes by comparing nothing. A failure
 prints one table row per offending position: sequence, position, both tokens, both logprobs.
 """
 
@@ -69,11 +71,11 @@ def _rank_rule(index: int, a: Generation, b: Generation) -> list[Mismatch]:
                 )
             ]
         return []
-    x, y = a.output_logprobs[position], b.output_logprobs[position]
+    x, y = _entry(a.output_logprobs, position), _entry(b.output_logprobs, position)
     missing = []
-    if x.token_id not in y.top:
+    if a.output_ids[position] not in (y.top if y else {}):
         missing.append("ours not in their top-k")
-    if y.token_id not in x.top:
+    if b.output_ids[position] not in (x.top if x else {}):
         missing.append("theirs not in our top-k")
     return [Mismatch("rank", index, f"output {position}", x, y, "; ".join(missing))] if missing else []
 
@@ -82,27 +84,50 @@ def _top_values(entry: TokenLogprob) -> list[float]:
     return sorted(entry.top.values(), reverse=True)
 
 
+def _entry(entries: list | None, position: int) -> TokenLogprob | None:
+    return entries[position] if entries is not None and position < len(entries) else None
+
+
 def _compared_positions(a: Generation, b: Generation):
-    """(phase, position, ours, theirs, top-k gap) where the tolerance rule looks: every prompt position,
-    and every output position up to and including the first divergence."""
-    for i, (x, y) in enumerate(zip(a.prompt_logprobs or [], b.prompt_logprobs or [])):
-        if x is not None and y is not None:
-            yield "prompt", i, x, y, _gap(x, y)
+    """(phase, position, ours, theirs) where the tolerance rule looks: every prompt position after the
+    first (the first has no logprob; compared too where both sides have one), and every output
+    position up to and including the first divergence. An entry a side lacks there is None."""
+    for i in range(len(a.prompt_ids)):
+        x, y = _entry(a.prompt_logprobs, i), _entry(b.prompt_logprobs, i)
+        if i > 0 or (x is not None and y is not None):
+            yield "prompt", i, x, y
     divergence = first_divergence(a, b)
-    compared = len(a.output_logprobs) if divergence is None else divergence + 1
-    for j, (x, y) in enumerate(zip(a.output_logprobs[:compared], b.output_logprobs[:compared])):
-        yield "output", j, x, y, _gap(x, y)
+    compared = min(len(a.output_ids), len(b.output_ids)) if divergence is None else divergence + 1
+    for j in range(compared):
+        yield "output", j, _entry(a.output_logprobs, j), _entry(b.output_logprobs, j)
+
+
+def _lacking_top_k(x: TokenLogprob | None, y: TokenLogprob | None, names: tuple[str, str]) -> str | None:
+    """Why the tolerance rule cannot compare this position (a side without top-k there), or None."""
+    lacking = [name for name, entry in zip(names, (x, y)) if entry is None or not entry.top]
+    return f"no top-k logprobs from {' and '.join(lacking)}: nothing to compare" if lacking else None
 
 
 def _gap(x: TokenLogprob, y: TokenLogprob) -> float:
-    return max((abs(p - q) for p, q in zip(_top_values(x), _top_values(y))), default=0.0)
+    """The largest difference between the two top-k's logprob values, best first (both non-empty)."""
+    return max(abs(p - q) for p, q in zip(_top_values(x), _top_values(y)))
 
 
 def _tolerance_rule(
-    index: int, a: Generation, b: Generation, prefill_tolerance: float, decode_tolerance: float
+    index: int,
+    a: Generation,
+    b: Generation,
+    prefill_tolerance: float,
+    decode_tolerance: float,
+    names: tuple[str, str],
 ) -> list[Mismatch]:
     mismatches = []
-    for phase, position, x, y, gap in _compared_positions(a, b):
+    for phase, position, x, y in _compared_positions(a, b):
+        lacking = _lacking_top_k(x, y, names)
+        if lacking:
+            mismatches.append(Mismatch("tolerance", index, f"{phase} {position}", x, y, lacking))
+            continue
+        gap = _gap(x, y)
         tolerance = prefill_tolerance if phase == "prompt" else decode_tolerance
         if not gap < tolerance:
             mismatches.append(
@@ -118,13 +143,20 @@ def _tolerance_rule(
     return mismatches
 
 
-def max_logprob_differences(ours: Sequence[Generation], theirs: Sequence[Generation]) -> dict[str, float]:
-    """The largest top-k logprob difference the tolerance rule sees, per phase: what a tolerance must exceed."""
+def max_logprob_differences(
+    ours: Sequence[Generation], theirs: Sequence[Generation], *, names: tuple[str, str] = ("sglang", "hf")
+) -> dict[str, float]:
+    """The largest top-k logprob difference the tolerance rule sees, per phase: what a tolerance must exceed.
+
+    A position where a side has no top-k is an `AssertionError` naming the side (there is no difference to give)."""
     _check_pairs(ours, theirs, need_logprobs=True)
     largest = {"prompt": 0.0, "output": 0.0}
-    for a, b in zip(ours, theirs):
-        for phase, _, _, _, gap in _compared_positions(a, b):
-            largest[phase] = max(largest[phase], gap)
+    for index, (a, b) in enumerate(zip(ours, theirs)):
+        for phase, position, x, y in _compared_positions(a, b):
+            lacking = _lacking_top_k(x, y, names)
+            if lacking:
+                raise AssertionError(f"sequence {index}, {phase} {position}: {lacking}")
+            largest[phase] = max(largest[phase], _gap(x, y))
     return largest
 
 
@@ -136,15 +168,17 @@ def logprob_mismatches(
     tolerance_rule: bool = True,
     prefill_tolerance: float = 5e-2,
     decode_tolerance: float = 6e-2,
+    names: tuple[str, str] = ("sglang", "hf"),
 ) -> list[Mismatch]:
-    """Every position where a chosen rule fails (empty when the two sides agree)."""
+    """Every position where a chosen rule fails (empty when the two sides agree); ``names`` name
+    the side without top-k logprobs where the tolerance rule finds one."""
     _check_pairs(ours, theirs, need_logprobs=True)
     mismatches = []
     for index, (a, b) in enumerate(zip(ours, theirs)):
         if rank_rule:
             mismatches += _rank_rule(index, a, b)
         if tolerance_rule:
-            mismatches += _tolerance_rule(index, a, b, prefill_tolerance, decode_tolerance)
+            mismatches += _tolerance_rule(index, a, b, prefill_tolerance, decode_tolerance, names)
     return mismatches
 
 
@@ -194,7 +228,7 @@ def assert_logprobs_close(
     ``rules`` are `logprob_mismatches`' keywords: ``rank_rule``, ``tolerance_rule`` (both on),
     ``prefill_tolerance`` (5e-2) and ``decode_tolerance`` (6e-2).
     """
-    mismatches = logprob_mismatches(ours, theirs, **rules)
+    mismatches = logprob_mismatches(ours, theirs, names=names, **rules)
     if mismatches:
         raise AssertionError(
             f"{names[0]} and {names[1]} logprobs disagree at {len(mismatches)} position(s):\n{format_mismatches(mismatches, names)}"

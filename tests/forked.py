@@ -43,6 +43,8 @@ def _serve(fd: int) -> None:
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
+    _not_to_be_rewritten()
+
     base_path = [p for p in sys.path if p != str(HERE) and p not in os.environ.get("PYTHONPATH", "").split(os.pathsep)]
     channel = socket.socket(fileno=fd)
     reader = channel.makefile("r")
@@ -68,6 +70,19 @@ def _serve(fd: int) -> None:
             if pid == 0:
                 break
             channel.sendall((json.dumps({"pid": pid, "code": os.waitstatus_to_exitcode(status)}) + "\n").encode())
+
+
+def _not_to_be_rewritten() -> None:
+    """pytest rewrites the asserts of its entry-point plugins' packages, and warns in each session
+    about one imported before it could (SGLang imports anyio, which has a pytest plugin). A real
+    session whose conftest imports SGLang imports them after pytest started, so it never warns:
+    mark those already imported here as not to be rewritten (pytest's PYTEST_DONT_REWRITE)."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="pytest11"):
+        module = sys.modules.get(entry.module.split(".")[0])
+        if module is not None and "PYTEST_DONT_REWRITE" not in (module.__doc__ or ""):
+            module.__doc__ = f"{module.__doc__ or ''}\nPYTEST_DONT_REWRITE"
 
 
 def _child(request: dict, base_path: list[str]) -> None:

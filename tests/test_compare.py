@@ -1,5 +1,7 @@
 """The comparison helpers' two rules, on hand-made generations (the rules are plain Python)."""
 
+import dataclasses
+
 import pytest
 
 from pytest_sglang_runner import (
@@ -8,6 +10,7 @@ from pytest_sglang_runner import (
     assert_logprobs_close,
     assert_tokens_equal,
     logprob_mismatches,
+    max_logprob_differences,
 )
 
 
@@ -92,3 +95,55 @@ def test_rules_need_logprobs_and_the_same_prompts():
         logprob_mismatches([ours], [generation([11], TOPS[:1], prompt=(0, 5, 7))])
     with pytest.raises(ValueError, match="1 generations against 2"):
         assert_tokens_equal([ours], [ours, ours])
+
+
+def without_top_k(result, phase, position):
+    """A copy of ``result`` whose entry at ``phase`` ``position`` has an empty top-k (a side that returned none)."""
+    entries = list(getattr(result, f"{phase}_logprobs"))
+    entries[position] = dataclasses.replace(entries[position], top={})
+    return dataclasses.replace(result, **{f"{phase}_logprobs": entries})
+
+
+def test_a_position_where_either_side_has_no_top_k_fails_naming_the_side_and_the_position():
+    """An empty top-k would compare nothing (a gap of 0.0): it fails the tolerance rule instead."""
+    ours, theirs = generation([11, 21, 31], TOPS), generation([11, 21, 31], TOPS)
+    assert_logprobs_close([ours], [theirs], names=("runner", "server"))  # the control: the same data passes
+    assert max_logprob_differences([ours], [theirs]) == {"prompt": 0.0, "output": 0.0}
+    cases = [
+        (without_top_k(ours, "output", 1), theirs, "runner", "output 1"),
+        (without_top_k(ours, "prompt", 2), theirs, "runner", "prompt 2"),
+        (ours, without_top_k(theirs, "output", 0), "server", "output 0"),
+        (ours, without_top_k(theirs, "prompt", 1), "server", "prompt 1"),
+    ]
+    for a, b, side, position in cases:
+        with pytest.raises(AssertionError) as failure:
+            assert_logprobs_close([a], [b], names=("runner", "server"))
+        lines = str(failure.value).splitlines()
+        assert lines[0] == "runner and server logprobs disagree at 1 position(s):"
+        assert lines[2].split()[:4] == ["tolerance", "0", *position.split()]
+        assert lines[2].endswith(f"no top-k logprobs from {side}: nothing to compare")
+        with pytest.raises(AssertionError, match=f"^sequence 0, {position}: no top-k logprobs from {side}: "):
+            max_logprob_differences([a], [b], names=("runner", "server"))
+
+
+def test_a_side_with_no_top_k_anywhere_or_missing_entries_fails_at_every_position():
+    ours = generation([11, 21, 31], TOPS)
+    empty = generation([11, 21, 31], [{}, {}, {}])  # a side that returned no top-k at all
+    empty = dataclasses.replace(
+        empty, prompt_logprobs=[None] + [dataclasses.replace(e, top={}) for e in empty.prompt_logprobs[1:]]
+    )
+    mismatches = logprob_mismatches([ours], [empty], rank_rule=False)
+    assert [m.position for m in mismatches] == ["prompt 1", "prompt 2", "output 0", "output 1", "output 2"]
+    assert {m.detail for m in mismatches} == {"no top-k logprobs from hf: nothing to compare"}
+    lacking = without_top_k(ours, "output", 2)
+    (both,) = logprob_mismatches([lacking], [lacking], rank_rule=False)
+    assert (both.position, both.detail) == ("output 2", "no top-k logprobs from sglang and hf: nothing to compare")
+    no_prompt = dataclasses.replace(ours, prompt_logprobs=None)  # a side that returned no prompt logprobs
+    assert [m.position for m in logprob_mismatches([ours], [no_prompt])] == ["prompt 1", "prompt 2"]
+    short = dataclasses.replace(ours, output_logprobs=ours.output_logprobs[:2])  # an output entry missing
+    (missing,) = logprob_mismatches([short], [ours], rank_rule=False)
+    assert (missing.position, missing.ours, missing.detail) == (
+        "output 2",
+        None,
+        "no top-k logprobs from sglang: nothing to compare",
+    )

@@ -141,7 +141,11 @@ def test_greedy_decode_matches_hf_and_returns_every_kv_slot(runner_factory, deco
     assert_logprobs_close(ours, theirs, **tolerances(decoder["dtype"]))
     if exact(decoder["dtype"]):
         assert_tokens_equal(ours, theirs)
-        assert [g.text for g in ours] == [g.text for g in theirs]
+    # HF's generate gives ids only, so neither text is independent (the two were equal whenever the
+    # tokens were): each side's text must be transformers' decode of its own ids, special tokens skipped.
+    decoded = lambda result: hf.tokenizer.decode(result.output_ids, skip_special_tokens=True)  # noqa: E731
+    assert any(g.text for g in ours) and [g.text for g in ours] == [decoded(g) for g in ours]
+    assert [g.text for g in theirs] == [decoded(g) for g in theirs]
     for result in ours:
         assert len(result.output_logprobs) == len(result.output_ids)
         assert len(result.prompt_logprobs) == len(result.prompt_ids) and result.prompt_logprobs[0] is None
@@ -207,13 +211,16 @@ def test_generate_on_an_embedding_model_is_a_clear_error(sglang_forward):
 
 def test_bad_generate_arguments_and_a_batch_too_big_for_the_pool_are_clear_errors(runner_factory, decoder_dtype):
     live = runner_factory.get(model="embedded-llama", dtype=decoder_dtype, max_total_tokens=128)
+    pools = live.model_runner.token_to_kv_pool_allocator, live.model_runner.req_to_token_pool
+    free_before = [pool.available_size() for pool in pools]  # free KV token slots, free request slots
     with pytest.raises(ValueError, match="max_new_tokens=0: expected a whole number >= 1"):
         live.forward.generate("the film was", max_new_tokens=0)
     with pytest.raises(ValueError, match="top_logprobs=-1: expected a whole number >= 0, or None"):
         live.forward.generate("the film was", top_logprobs=-1)
     with pytest.raises(ValueError, match=r"needs up to \d+ KV slots .*--sglang-max-total-tokens \d+"):
         live.forward.generate(["the film was"] * 8, max_new_tokens=16)
-    assert live.forward.generate("the film was", max_new_tokens=4)[0].output_ids  # nothing was left allocated
+    assert [pool.available_size() for pool in pools] == free_before  # nothing was left allocated
+    assert live.forward.generate("the film was", max_new_tokens=4)[0].output_ids  # and the runner still decodes
 
 
 USER_TEST = """

@@ -270,10 +270,12 @@ def test_a_run_without_runner_tests_imports_neither_sglang_nor_torch(pytester, s
     assert "IMPORTED sglang=False torch=False" in result.stdout.str()
 
 
-def test_a_bad_server_arg_before_any_saved_schema_fails_the_runner_tests_in_one_line(pytester, schema_cache):
+def test_a_bad_server_arg_before_any_saved_schema_fails_the_runner_tests_in_one_line(
+    pytester, runpytest_forked, schema_cache
+):
     pytester.makepyfile(test_x="def test_plain():\n    pass\n\ndef test_runner(runner):\n    pass\n")
     # A subprocess: the first build imports SGLang's runner modules, which an in-process run would drop again.
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sglang-arg=no_such_field=1")
+    result = runpytest_forked("-p", "no:cacheprovider", "--sglang-arg=no_such_field=1")
     result.assert_outcomes(passed=1, errors=1)
     assert "has no ServerArgs field 'no_such_field'" in result.stdout.str()
     assert "Traceback" not in result.stdout.str()
@@ -281,10 +283,10 @@ def test_a_bad_server_arg_before_any_saved_schema_fails_the_runner_tests_in_one_
 
 
 def test_an_unknown_attention_backend_before_any_saved_schema_fails_the_runner_tests_in_one_line(
-    pytester, schema_cache
+    pytester, runpytest_forked, schema_cache
 ):
     pytester.makepyfile(test_x="def test_runner(runner):\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sglang-attention-backend=nonsense")
+    result = runpytest_forked("-p", "no:cacheprovider", "--sglang-attention-backend=nonsense")
     result.assert_outcomes(errors=1)
     assert "--sglang-attention-backend 'nonsense': SGLang" in result.stdout.str() and "triton" in result.stdout.str()
     assert "Traceback" not in result.stdout.str()

@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 
 import psutil
 import pytest
@@ -64,6 +65,7 @@ def test_engine_greedy_generation_agrees_with_the_runners(sglang_forward, sglang
     assert_tokens_equal(ours, theirs, names=("runner", "engine"))
     assert_logprobs_close(ours, theirs, names=("runner", "engine"))
     assert [g.finish_reason for g in theirs] == [g.finish_reason for g in ours]
+    assert any(g.text for g in ours) and [g.text for g in theirs] == [g.text for g in ours]  # SGLang's detokenizer's
 
 
 @ROBERTA
@@ -78,7 +80,35 @@ def test_server_completions_agree_with_the_runners(sglang_forward, sglang_server
     theirs = sglang_server.completions(PROMPTS, max_new_tokens=12, top_logprobs=5)
     assert_tokens_equal(ours, theirs, names=("runner", "server"))
     assert_logprobs_close(ours, theirs, names=("runner", "server"))
-    assert [g.text for g in theirs] == [g.text for g in ours]
+    assert any(g.text for g in ours) and [g.text for g in theirs] == [g.text for g in ours]  # the server's own text
+
+
+def test_completion_text_is_the_servers_own_not_a_decode_of_its_tokens(embedded_llama):
+    """The negative control of the text comparison above: `completions` keeps the text the server
+    returned (less the echoed prompt), so a server whose text disagrees with its tokens shows it."""
+    from transformers import AutoTokenizer
+
+    from pytest_sglang_runner.services import ServiceError
+    from pytest_sglang_runner.sglang_compat.serving import generations_from_completion
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_llama)
+    prompt = tokenizer("the film was")["input_ids"]
+    output = tokenizer(" good", add_special_tokens=False)["input_ids"]
+    echoed = tokenizer.decode(prompt, skip_special_tokens=True)
+    entries = {
+        "token_logprobs": [None] + [-0.5] * (len(prompt) + len(output) - 1),
+        "top_logprobs": [None] + [{"the": -0.5}] * (len(prompt) + len(output) - 1),
+    }
+
+    def answer(text):
+        choice = {"index": 0, "text": text, "token_ids": output, "logprobs": entries, "finish_reason": "length"}
+        return {"choices": [choice]}
+
+    (result,) = generations_from_completion([prompt], answer(echoed + " not what the tokens say"), tokenizer)
+    assert result.output_ids == output and result.text == " not what the tokens say"
+    assert tokenizer.decode(output, skip_special_tokens=True) != result.text
+    with pytest.raises(ServiceError, match="does not start with the prompt it echoes"):
+        generations_from_completion([prompt], answer("no echo" + echoed), tokenizer)
 
 
 @LLAMA
@@ -92,16 +122,45 @@ def test_the_server_is_plain_http_on_loopback_only(sglang_server):
     assert [a for a in listeners if a.ip != "127.0.0.1"] == []
 
 
-@LLAMA
-def test_the_engine_changes_nothing_in_the_pytest_process(sglang_engine):
-    """An in-process Engine would replace these handlers and policies; hosted, the test's stay."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT)}
-    policy = type(asyncio.get_event_loop_policy())
-    method = multiprocessing.get_start_method(allow_none=True)
+def _process_state() -> dict:
+    """What an Engine started in this process would change: SGLang's ``_set_envs_and_config`` (the
+    SIGQUIT handler, the ``spawn`` start method, environment variables, the open-files limit) and
+    the event loop policy it sets."""
+    import resource
+
+    return {
+        "signal handlers": {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT)},
+        "event loop policy": type(asyncio.get_event_loop_policy()),
+        "start method": multiprocessing.get_start_method(allow_none=True),
+        "environment": {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},  # pytest's own
+        "open files limit": resource.getrlimit(resource.RLIMIT_NOFILE),
+    }
+
+
+@pytest.fixture
+def state_before_the_engine():
+    """The pytest process's state and the time, before ``sglang_engine`` starts the Engine (a test
+    lists this fixture first: pytest sets up fixtures of one scope in the order they are asked for)."""
+    return _process_state(), time.time()
+
+
+# A config of its own, so that this test's sglang_engine starts an Engine after the state is
+# recorded (with the other tests' config it would hand back the Engine an earlier test started).
+OWN_ENGINE = pytest.mark.sglang(
+    model="embedded-llama", dtype="bfloat16" if ON_GPU else "float32", max_total_tokens=2048
+)
+
+
+@OWN_ENGINE
+def test_the_engine_changes_nothing_in_the_pytest_process(state_before_the_engine, sglang_engine):
+    """An in-process Engine would replace these handlers, policy, start method and environment
+    variables; hosted, the test's stay as they were before the Engine started."""
+    before, started_after = state_before_the_engine
+    assert psutil.Process(sglang_engine.pid).create_time() >= started_after - 2  # started in this window
     assert sglang_engine.call("get_server_info")["model_path"] == sglang_engine.model_path
-    assert {s: signal.getsignal(s) for s in handlers} == handlers
-    assert type(asyncio.get_event_loop_policy()) is policy
-    assert multiprocessing.get_start_method(allow_none=True) == method
+    after = _process_state()
+    for what in before:
+        assert after[what] == before[what], what
     assert [a for a in _group_listeners(sglang_engine.pid) if a.ip != "127.0.0.1"] == []
 
 
@@ -196,10 +255,13 @@ time.sleep(600)
 
 def test_a_host_goes_with_a_pytest_that_was_killed(embedded_llama):
     """No cleanup of pytest's runs after SIGKILL: the host sees its lifeline pipe close and
-    kills its own process group (a server host would otherwise start SGLang and serve forever)."""
+    kills its own process group (a server host would otherwise start SGLang and serve forever).
+    The positive control first: while the parent lives, the host lives on past the start of its
+    lifeline watch, starts SGLang's scheduler and detokenizer, and they are all still there a few
+    seconds later (a lifeline that fired by itself would have taken the group); only then is the
+    parent killed."""
     import json
     import subprocess
-    import time
 
     from pytest_sglang_runner import ports
 
@@ -214,8 +276,17 @@ def test_a_host_goes_with_a_pytest_that_was_killed(embedded_llama):
     parent = subprocess.Popen(
         [sys.executable, "-c", LIFELINE_PARENT, json.dumps(kwargs)], stdout=subprocess.PIPE, text=True
     )
+    host = None
     try:
         host = int(parent.stdout.readline())
+        deadline = time.monotonic() + 300
+        while len(_processes_in({host})) < 3:  # the host, SGLang's scheduler and detokenizer
+            assert parent.poll() is None, "the parent ended by itself"
+            assert _processes_in({host}), "the host died while its parent was alive"
+            assert time.monotonic() < deadline, "the host started no scheduler and detokenizer within 300 s"
+            time.sleep(0.5)
+        time.sleep(3)
+        assert parent.poll() is None and len(_processes_in({host})) >= 3, "the host's group ended by itself"
         parent.kill()
         parent.wait()
         deadline = time.monotonic() + 120
@@ -224,4 +295,9 @@ def test_a_host_goes_with_a_pytest_that_was_killed(embedded_llama):
         assert [p.info for p in _processes_in({host})] == []
     finally:
         parent.kill()
+        if host is not None and _processes_in({host}):  # a failed check leaves nothing behind either
+            try:
+                os.killpg(host, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         reservation.release()

@@ -2,7 +2,8 @@
 that fail fast and leave nothing behind, and replay-mode faults that do not poison the session.
 
 One inner session (a subprocess) runs every case in order; its conftest records each test's
-outcome, message, duration and the rank processes alive before it, and the outer tests read that.
+outcome, message, duration, and the pids of the rank processes alive before it and as its body
+starts (which group served it), and the outer tests read that.
 """
 
 from __future__ import annotations
@@ -27,14 +28,27 @@ import pytest
 RECORD = os.environ["TP_RECORD"]
 
 
-def rank_processes():
-    return sum(1 for p in psutil.Process().children(recursive=True) if "spawn_main" in " ".join(p.cmdline()))
+def rank_processes():  # the pids of this session's TP peers (its multiprocessing-spawned descendants)
+    pids = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "spawn_main" in " ".join(p.cmdline()):
+                pids.append(p.pid)
+        except psutil.NoSuchProcess:  # ended meanwhile (a zombie too)
+            pass
+    return sorted(pids)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     item.stash.setdefault("started", time.monotonic())
     item.stash.setdefault("peers_before", rank_processes())
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    item.stash["peers_in_call"] = rank_processes()  # after setup: the group that runs this test's body
     return (yield)
 
 
@@ -46,6 +60,7 @@ def pytest_runtest_makereport(item, call):
             f.write(json.dumps({
                 "name": item.name, "outcome": report.outcome, "message": report.longreprtext,
                 "seconds": time.monotonic() - item.stash["started"], "peers_before": item.stash["peers_before"],
+                "peers_in_call": item.stash.get("peers_in_call", None),
             }) + "\\n")
     return report
 
@@ -71,6 +86,12 @@ def all_reduced(rank):
     return tensor_model_parallel_all_reduce(torch.tensor([float(rank.rank + 1)], device=device)).item()
 
 
+def every_ranks_value(rank, value):  # [rank 0's value, rank 1's, ...]: each fills its slot, the all-reduce sums
+    slots = torch.zeros(rank.world_size, device=next(rank.runner.model.parameters()).device)
+    slots[rank.rank] = float(value)
+    return tensor_model_parallel_all_reduce(slots).tolist()
+
+
 """
 
 HEALTHY_TESTS = (
@@ -87,7 +108,7 @@ def test_all_reduce_and_forward_on_every_rank(sglang_rank, sglang_forward, runne
 
 @pytest.mark.parametrize("factor", [1, 3])
 def test_parameters_reach_every_rank(sglang_rank, factor):
-    assert all_reduced(sglang_rank) * factor == 3.0 * factor
+    assert every_ranks_value(sglang_rank, factor) == [factor] * sglang_rank.world_size  # each rank got rank 0's
 
 
 def test_a_skip_on_one_rank(sglang_rank):
@@ -176,7 +197,7 @@ def inner_run(pytester, runpytest_forked, tmp_path, monkeypatch, request):
             "-p", "no:cacheprovider", "-W", "ignore", f"--sglang-device={device}", *server_args, timeout=900
         )
         entries = [json.loads(line) for line in record.read_text().splitlines()]
-        return result, {entry["name"]: entry for entry in entries}
+        return result, {entry["name"]: entry for entry in entries}  # in the order they ran
 
     return run
 
@@ -193,8 +214,13 @@ def test_every_rank_mode_runs_the_body_on_each_rank(inner_run):
     assert skipped["outcome"] == "skipped" and "rank 1: not on rank 1" in skipped["message"], skipped
     refused = tests["test_only_rank0_fixtures_are_refused"]
     assert refused["outcome"] == "failed" and "fixture 'tmp_path' exists on rank 0 only" in refused["message"], refused
-    assert all(entry.get("peers_before", 0) <= 1 for entry in tests.values()), tests  # one group all along
-    assert tests["<end>"]["peers_after_close"] == 0
+    # One group all along: a single peer process, the same one before and during every test.
+    ran = [entry for entry in tests.values() if entry.get("peers_in_call") is not None]
+    assert len(ran) == 5 and len(ran[0]["peers_in_call"]) == 1, ran
+    peer = ran[0]["peers_in_call"]
+    assert all(entry["peers_in_call"] == peer for entry in ran), ran
+    assert ran[0]["peers_before"] in ([], peer) and all(entry["peers_before"] == peer for entry in ran[1:]), ran
+    assert tests["<end>"]["peers_after_close"] == []
 
 
 def test_rank_faults_fail_fast_name_the_rank_and_leave_a_fresh_group(inner_run, record_property):
@@ -212,9 +238,19 @@ def test_rank_faults_fail_fast_name_the_rank_and_leave_a_fresh_group(inner_run, 
         assert entry["outcome"] == "failed" and all(w in entry["message"] for w in words), entry
         assert entry["seconds"] < HANG_LIMIT_S + 60, entry  # the build of a fresh group included
         record_property(f"{name}_s", round(entry["seconds"], 1))
-    # After each fault the next test builds a fresh group: one peer process, never a leftover.
-    assert all(entry.get("peers_before", 0) <= 1 for entry in tests.values() if "peers_before" in entry), tests
-    assert tests["<end>"]["peers_after_close"] == 0
+    # After each fault the next test builds a fresh group: a new peer process, and the old one is gone.
+    assert all(len(entry["peers_before"]) <= 1 for entry in tests.values() if "peers_before" in entry), tests
+    ran = [entry for entry in tests.values() if entry["name"] != "<end>"]
+    next_test = {entry["name"]: after for entry, after in zip(ran, ran[1:])}
+    for name in faults:
+        fault, after = tests[name], next_test[name]
+        assert len(fault["peers_in_call"]) == 1 and len(after["peers_in_call"]) == 1, (fault, after)
+        assert after["peers_in_call"] != fault["peers_in_call"], (fault, after)
+        assert not set(after["peers_before"]) & set(fault["peers_in_call"]), (fault, after)
+    # A healthy test leaves its group for the next one.
+    fresh, hang = tests["test_the_next_test_gets_a_fresh_group"], tests["test_a_rank_that_never_answers"]
+    assert hang["peers_in_call"] == fresh["peers_in_call"], (fresh, hang)
+    assert tests["<end>"]["peers_after_close"] == []
 
 
 def test_a_replayed_forward_that_fails_on_rank0_does_not_poison_the_session(inner_run):
@@ -224,4 +260,4 @@ def test_a_replayed_forward_that_fails_on_rank0_does_not_poison_the_session(inne
         first
     )
     assert tests["test_replay_works_again"]["outcome"] == "passed", tests["test_replay_works_again"]
-    assert tests["<end>"]["peers_after_close"] == 0
+    assert tests["<end>"]["peers_after_close"] == []

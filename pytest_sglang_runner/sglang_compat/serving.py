@@ -17,6 +17,7 @@ import functools
 import os
 from typing import Any, Sequence
 
+from ..errors import ServiceError
 from ..results import Generation, TokenLogprob
 from .process import prepare_process
 from .server_args import server_arg_fields
@@ -166,10 +167,23 @@ def _texts_to_ids(tokenizer) -> dict[str, int]:
     return table
 
 
+def _output_text(choice: dict, prompt_ids: Sequence[int], tokenizer) -> str:
+    """The server's own text of the output: its answer's text less the prompt it echoes (SGLang
+    decodes a token-list prompt with its tokenizer, special tokens skipped, and puts it first)."""
+    echoed = tokenizer.decode(list(prompt_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    text = choice["text"]
+    if not text.startswith(echoed):
+        raise ServiceError(
+            f"the server's completion {text!r} does not start with the prompt it echoes ({echoed!r}, as "
+            "the checkpoint's tokenizer decodes it): SGLang's tokenizer reads the prompt differently"
+        )
+    return text[len(echoed) :]
+
+
 def generations_from_completion(token_lists, answer: dict, tokenizer) -> list:
-    """A ``/v1/completions`` answer (see `completion_request`) as one `Generation` per prompt. Its
-    top-k is keyed by token text: those become ids through the tokenizer, and tokens that read the
-    same collapse into one entry."""
+    """A ``/v1/completions`` answer (see `completion_request`) as one `Generation` per prompt, its
+    ``text`` the server's own (less the echoed prompt). Its top-k is keyed by token text: those
+    become ids through the tokenizer, and tokens that read the same collapse into one entry."""
     ids_of = _texts_to_ids(tokenizer)
     results = []
     for prompt_ids, choice in zip(token_lists, sorted(answer["choices"], key=lambda c: c["index"])):
@@ -188,7 +202,7 @@ def generations_from_completion(token_lists, answer: dict, tokenizer) -> list:
             Generation(
                 prompt_ids=list(prompt_ids),
                 output_ids=output_ids,
-                text=tokenizer.decode(output_ids, skip_special_tokens=True),  # the answer's text echoes the prompt
+                text=_output_text(choice, prompt_ids, tokenizer),
                 prompt_logprobs=[None] + entries[1 : len(prompt_ids)],
                 output_logprobs=entries[len(prompt_ids) :],
                 finish_reason=_finish_reason(choice.get("finish_reason")),
