@@ -39,10 +39,7 @@ def _serve(fd: int) -> None:
     from pytest_sglang_runner.sglang_compat import process
 
     process.prepare_process("cpu")
-    process.import_sglang()
-    import torch  # noqa: F401
-    import transformers  # noqa: F401
-
+    process.import_sglang()  # torch and transformers with it
     _not_to_be_rewritten()
 
     base_path = [p for p in sys.path if p != str(HERE) and p not in os.environ.get("PYTHONPATH", "").split(os.pathsep)]
@@ -59,6 +56,7 @@ def _serve(fd: int) -> None:
             sys.stderr.flush()
             pid = os.fork()
             if pid == 0:
+                reader.close()  # the socket closes with its last file
                 channel.close()
                 _child(request, base_path)
             channel.sendall((json.dumps({"pid": pid}) + "\n").encode())
@@ -111,6 +109,8 @@ def _child(request: dict, base_path: list[str]) -> None:
         )
         os.dup2(out, 1)
         os.dup2(err, 2)
+        for fd in {null, out, err}:  # a started process has only 0, 1 and 2 of these
+            os.close(fd)
         sys.argv = [pytest.__file__, *request["args"]]
         code = int(pytest.main(request["args"]))
     except SystemExit as exc:
@@ -187,7 +187,7 @@ class Zygote:
             pid = self.pids.pop(0)
         if pid < 0:
             raise RuntimeError("the zygote ended")
-        return Forked(pid, self, Path(stdout), Path(stderr or stdout))
+        return Forked(pid, self, Path(stdout))
 
     def close(self) -> None:
         self.channel.shutdown(socket.SHUT_RDWR)  # the reader's file keeps the socket open otherwise
@@ -198,8 +198,8 @@ class Zygote:
 class Forked:
     """A forked session: what the tests use of `subprocess.Popen`."""
 
-    def __init__(self, pid: int, zygote: Zygote, stdout: Path, stderr: Path):
-        self.pid, self.zygote, self.stdout_path, self.stderr_path = pid, zygote, stdout, stderr
+    def __init__(self, pid: int, zygote: Zygote, stdout: Path):
+        self.pid, self.zygote, self.stdout_path = pid, zygote, stdout
 
     @property
     def returncode(self) -> int | None:
