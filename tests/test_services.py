@@ -146,9 +146,7 @@ def state_before_the_engine():
 
 # A config of its own, so that this test's sglang_engine starts an Engine after the state is
 # recorded (with the other tests' config it would hand back the Engine an earlier test started).
-OWN_ENGINE = pytest.mark.sglang(
-    model="embedded-llama", dtype="bfloat16" if ON_GPU else "float32", max_total_tokens=2048
-)
+OWN_ENGINE = pytest.mark.sglang(**LLAMA.kwargs, max_total_tokens=2048)
 
 
 @OWN_ENGINE
