@@ -3,7 +3,8 @@
 # from the repo root, with .device carried; logs under $OUT:
 #   bash bench/run_gpu.sh LABEL [PYTEST ARGS...]      (default: LABEL=suite, the whole of tests/)
 #   BENCH=1 bash bench/run_gpu.sh ...                 (then the MeZO benchmark, docs/performance.md)
-# Writes $OUT/machine.txt, $OUT/pytest_gpu_LABEL.log and $OUT/junit_LABEL.xml.
+# Writes $OUT/machine.txt, $OUT/pytest_gpu_LABEL.log and $OUT/junit_LABEL.xml, and the output of each
+# example project that tests/test_examples.py runs (as written for a GPU) to $OUT/examples/FOLDER.log.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-run}
 label=${1:-suite}
@@ -13,6 +14,8 @@ source .device/env.sh
 # SGLang 0.5.17 compiles some CUDA kernels with nvcc on first use (over a minute) into TVM-FFI's
 # cache under $HOME; pytester's inner runs get a fresh $HOME, so every process shares one cache.
 export TVM_FFI_CACHE_DIR=${TVM_FFI_CACHE_DIR:-/tmp/tvm-ffi-cache}
+export EXAMPLE_LOGS=$OUT/examples
+mkdir -p "$EXAMPLE_LOGS"
 # The kit, registered the way an editable install does (the image's offline setuptools may be
 # older than the SPDX license string needs): a .pth to this tree and the pytest11 entry point.
 if ! python3 -m pip show -q pytest-sglang-runner >/dev/null 2>&1; then

@@ -6,7 +6,7 @@ the raw timings, under --out.
   already (what every build after a session's first pays; the first also pays the import, shown
   as "cold");
 - **Engine ready (warm import)**: ``sglang.Engine(**kwargs)`` in a process that has imported
-  SGLang already, with the runner's ServerArgs (the kit's CPU shims installed at import, as the
+  SGLang already, with the runner's ServerArgs (the kit's CPU shims and model classes installed at import, as the
   kit's Engine host does: without them a plain CPU Engine cannot build these models);
 - **kit Engine / server ready (cold)**: the `sglang_engine` / `sglang_server` fixtures' start,
   from spawning the host to ready (``/health`` 200 for the server), imports included;
@@ -35,9 +35,11 @@ from pathlib import Path
 if __name__ == "__mp_main__" or os.environ.get("STARTUP_BENCH_ENGINE_CHILD"):
     # This file is the main module of the Engine child: SGLang's scheduler and detokenizer,
     # spawned from it, import it as __mp_main__ and get the kit's shims here, as the kit's host does.
+    from pytest_sglang_runner.models import register_kit_models
     from pytest_sglang_runner.sglang_compat.serving import prepare_serving_process
 
     prepare_serving_process()
+    register_kit_models()
 
 REUSE_CONFTEST = """
 import json, os
@@ -103,11 +105,12 @@ def engine_child(model: str) -> None:
     from pytest_sglang_runner import ports
     from pytest_sglang_runner.paths import models_cache_dir
     from pytest_sglang_runner.runner import RunnerFactory
+    from pytest_sglang_runner.sglang_compat.serving import hosted_server_args
 
     spec = _spec(model)
     plan = RunnerFactory(spec, cache_root=models_cache_dir()).plan()
     reservations = ports.reserve_ports(2)
-    kwargs = plan.server_args(*(r.port for r in reservations))
+    kwargs = hosted_server_args(plan.server_args(*(r.port for r in reservations)))
     started = time.perf_counter()
     engine = sglang.Engine(**kwargs)
     ready = time.perf_counter() - started

@@ -1,9 +1,11 @@
 """The docs site builds in strict mode (a broken link, a missing anchor or a page left out of the
 nav fails), its reference page is the one the code generates, and its troubleshooting page names
-every exception class of the kit and every option the kit's errors name."""
+every exception class of the kit and every option the kit's errors name; its numbers page names
+only scripts and result files that are committed, and every page quoting a result."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +139,11 @@ def test_troubleshooting_names_every_option_the_errors_name():
     page = (ROOT / "docs" / "troubleshooting.md").read_text()
     missing = sorted(flag for flag in flags if not re.search(re.escape(flag) + r"(?![a-z-])", page))
     assert not missing, f"docs/troubleshooting.md does not name {missing}"
+
+
+def test_the_numbers_page_names_committed_sources_and_every_page_that_quotes_results():
+    numbers = (ROOT / "docs" / "numbers.md").read_text()
+    named = set(re.findall(r"`((?:bench|tests|conftest_examples)/[^`\s]+?)(?:::[^`]*)?`", numbers))
+    assert len(named) > 10 and not [path for path in sorted(named) if not (ROOT / path).exists()]
+    quoting = {page.name for page in (ROOT / "docs").glob("*.md") if "bench/results" in page.read_text()}
+    assert not [page for page in sorted(quoting - {"numbers.md"}) if f"]({page}" not in numbers]

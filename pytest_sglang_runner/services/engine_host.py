@@ -3,7 +3,7 @@
 Started by `EngineService` with one end of a socket pair (its fd number in argv), it builds the
 Engine from the kwargs it is sent, then answers requests until told to close or until the pytest
 side goes away. Why a process of its own: an Engine replaces the SIGQUIT and SIGTERM handlers,
-forces the ``spawn`` start method, sets uvloop's event loop policy and ~17 environment
+forces the ``spawn`` start method, sets uvloop's event loop policy and environment
 variables, and its ``shutdown()`` kills every child of the calling process. Here those children
 are the Engine's alone.
 

@@ -253,6 +253,7 @@ def test_mezo_tp2_follows_tp1(runner_factory, record_property):
         of_scale = max(abs(a - b) / max(abs(a), abs(b), rms) for a, b in grads)
         loss = max(mezo.relative_difference(a, b) for a, b in zip(two["losses"], one["losses"]))
         record_property(f"eps{eps:g}_max_relative_grad_difference", relative)
+        record_property(f"eps{eps:g}_g_of_that_step", max(grads, key=lambda p: mezo.relative_difference(*p))[1])
         record_property(f"eps{eps:g}_max_grad_difference_of_max_g_rms", of_scale)
         record_property(f"eps{eps:g}_max_relative_loss_difference", loss)
         assert of_scale <= tolerance, (grads, rms)
