@@ -25,7 +25,9 @@ SMALL_CONFIG = dict(
 )
 INIT_STD, MODEL_SEED = 0.18, 0
 HPARAMS = dict(lr=1e-3, eps=1e-3, weight_decay=0.0, seed=0)
-BATCH, MAX_STEPS, EVAL_EVERY, TIME_BUDGET_S = 32, 6000, 250, 90.0
+# A step cap, not a time budget: one torch thread and fixed seeds make the run the same on a
+# loaded machine, only slower.
+BATCH, MAX_STEPS, EVAL_EVERY = 32, 4000, 250
 SHAPE = dict(sentiment_words=(2, 3), filler_words=(0, 0))
 
 
@@ -75,7 +77,7 @@ def test_mezo_learns_synthetic_sst2_on_the_runner(runner_factory, tmp_path, reco
         batch_size=BATCH,
         eval_examples=dev,
         eval_every=EVAL_EVERY,
-        until=lambda o: o.history.eval_accuracy[-1] >= 0.8 or time.monotonic() - started > TIME_BUDGET_S,
+        until=lambda o: o.history.eval_accuracy[-1] >= 0.8,
     )
     seconds = time.monotonic() - started
     lm.close()
