@@ -7,9 +7,12 @@ torch is imported only when a decision needs it.
 
 from __future__ import annotations
 
+import glob
 import os
 
 from .errors import SpecError
+
+NO_CUDA = "--sglang-device cuda: no CUDA device is visible; use --sglang-device cpu (or auto)"
 
 
 def xdist_worker_index() -> int:
@@ -24,13 +27,27 @@ def cuda_device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def surely_no_gpu() -> bool:
+    """True when no CUDA device can be visible, known without importing torch (seconds): CUDA
+    hidden by ``CUDA_VISIBLE_DEVICES``, or no GPU device node at all (NVIDIA, ROCm's kfd, WSL's dxg)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return True
+    return not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd") or os.path.exists("/dev/dxg"))
+
+
+def check_device_at_startup(requested_device: str) -> None:
+    """``--sglang-device cuda`` on a machine without a GPU is a usage error before any test runs."""
+    if requested_device == "cuda" and surely_no_gpu():
+        raise SpecError(NO_CUDA)
+
+
 def resolve_device(requested: str) -> str:
     """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without one is an error."""
     if requested == "cpu":
         return "cpu"
     gpus = cuda_device_count()
     if requested == "cuda" and gpus == 0:
-        raise SpecError("--sglang-device cuda: no CUDA device is visible; use --sglang-device cpu (or auto)")
+        raise SpecError(NO_CUDA)
     return "cuda" if gpus else "cpu"
 
 
@@ -48,6 +65,9 @@ def gpu_ids_for_worker(worker_index: int, tp: int) -> list[int]:
 def check_gpus_suffice(requested_device: str, workers: int, tp: int) -> None:
     """Raise SpecError when ``workers`` xdist workers with ``tp`` GPUs each do not fit this machine."""
     if requested_device == "cpu":
+        return
+    if surely_no_gpu():  # no torch import (seconds) to learn it
+        check_device_at_startup(requested_device)
         return
     gpus = cuda_device_count()
     if gpus == 0:

@@ -10,6 +10,7 @@ runner pays nothing for the plugin.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -89,6 +90,9 @@ def _model(option: str) -> Callable[[Any], str]:
         if looks_like_path:
             raise SpecError(f"{option} {text!r}: no such directory; pass an existing model directory or a model id")
         if cached_hub_snapshot(text) is None:
+            close = difflib.get_close_matches(text.lower(), EMBEDDED_MODELS, n=1, cutoff=0.75)
+            if close:
+                raise SpecError(f"{option} {text!r}: no such model; did you mean {close[0]}?")
             raise SpecError(
                 f"{option} {text!r}: not a local directory and not in the local Hugging Face cache (tests never "
                 "download weights); download it once outside the tests, or pass a directory saved by save_pretrained"
@@ -145,15 +149,28 @@ def _option(name: str, help: str, make_parser: Callable[[str], Callable[[Any], A
 OPTIONS: tuple[Option, ...] = (
     _option(
         "model",
-        "model directory, a model id in the local HF cache, or one the kit writes: embedded-roberta (default), embedded-llama",
+        "model directory, a model id in the local HF cache, or one the kit writes: embedded-roberta (default), "
+        "embedded-llama",
         _model,
         metavar="PATH_OR_ID",
     ),
     _option(
-        "device", "auto (cuda when a GPU is visible), cuda or cpu", lambda o: _choice(o, DEVICES), metavar="DEVICE"
+        "device",
+        "auto (default: cuda when a GPU is visible, else cpu), cuda or cpu",
+        lambda o: _choice(o, DEVICES),
+        metavar="DEVICE",
     ),
-    _option("dtype", "model dtype: " + ", ".join(DTYPES), lambda o: _choice(o, DTYPES), metavar="DTYPE"),
-    _option("tp", "tensor-parallel size (ranks beyond 0 run in child processes)", _positive_int, metavar="N"),
+    _option(
+        "dtype",
+        "model dtype: "
+        + ", ".join(DTYPES)
+        + " (default auto: the checkpoint's own dtype, float32 where it names none)",
+        lambda o: _choice(o, DTYPES),
+        metavar="DTYPE",
+    ),
+    _option(
+        "tp", "tensor-parallel size (default 1; ranks beyond 0 run in child processes)", _positive_int, metavar="N"
+    ),
     _option(
         "attention_backend",
         "SGLang attention backend (default: triton on CUDA, torch_native on CPU)",
@@ -162,11 +179,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     _option(
         "mem_fraction",
-        "fraction of GPU memory for weights and KV pool (SGLang's mem_fraction_static)",
+        "fraction of GPU memory for weights and KV pool, SGLang's mem_fraction_static "
+        "(default: SGLang's own, chosen from the GPU's memory)",
         _fraction,
         metavar="F",
     ),
-    _option("max_total_tokens", "KV pool size in tokens", _positive_int, metavar="N"),
+    _option("max_total_tokens", "KV pool size in tokens (default 4096)", _positive_int, metavar="N"),
     _option(
         "arg",
         "any other ServerArgs field, KEY=VALUE; repeatable",
@@ -196,6 +214,18 @@ def _flag(value: Any) -> bool:
 
 # Marker-only settings of a test (how it runs), not of its runner: checked, never part of the spec.
 TEST_SETTINGS: dict[str, Callable[[Any], Any]] = {"every_rank": _flag}
+
+
+def _check_server_arg_name(key: str, kit_settings: Any) -> None:
+    """A marker's or factory's key that is no kit setting must be a ServerArgs field: a typo fails
+    now, with a did-you-mean (kit settings included), not as a silent extra field checked only at
+    the build. The names come from the saved schema or SGLang's source, without importing SGLang."""
+    from .sglang_compat.server_args import startup_schema, unknown_field_text
+
+    schema = startup_schema()
+    problem = None if schema is None else unknown_field_text(key, schema, also=kit_settings)
+    if problem is not None:
+        raise SpecError(f"--sglang-arg {key}=...: {problem}")
 
 
 @dataclass(frozen=True)
@@ -231,6 +261,7 @@ class RunnerSpec:
             elif key in known:
                 changes[key] = OPTIONS_BY_FIELD[key].parse(value)
             else:
+                _check_server_arg_name(key, known | RUN_SETTINGS | TEST_SETTINGS.keys())
                 extra[key] = value
         return dataclasses.replace(self, server_args=tuple(sorted(extra.items())), **changes)
 

@@ -236,6 +236,49 @@ def test_xdist_runs_a_factory_config_on_one_worker(pytester):
     )  # loadgroup: one worker built it
 
 
+LAST_FAILED = """
+import pytest
+
+@pytest.mark.parametrize("i", range(5))
+@pytest.mark.sglang(max_total_tokens=2048)
+def test_grouped(runner_factory, i):
+    pass
+
+@pytest.mark.sglang(max_total_tokens=2048)
+def test_fails(runner_factory):
+    assert False
+
+@pytest.mark.parametrize("i", range(6))
+def test_plain(i):
+    pass
+"""
+
+
+def test_node_ids_round_trip_under_xdist_and_the_config_stays_on_one_worker(pytester):
+    """Under -n 2 a non-default config's tests are reported by their plain node ids (not
+    ``ID@sglang-config-HASH``), so --lf, a pasted id and --deselect find them, while the config's
+    tests still run on one worker. runner_factory marks a test as a runner test without building."""
+    pytester.makepyfile(test_lf=LAST_FAILED)
+    first = pytester.runpytest_subprocess("-n", "2", "-v")
+    first.assert_outcomes(passed=11, failed=1)
+    assert not [line for line in first.outlines if "@" in line and "::" in line], first.outlines
+    first.stdout.fnmatch_lines(["FAILED test_lf.py::test_fails - assert False"])
+    ran = [
+        line
+        for line in first.outlines
+        if line.startswith("[gw") and ("::test_grouped" in line or "::test_fails" in line)
+    ]
+    assert len(ran) == 6 and len({line.split("]")[0] for line in ran}) == 1, ran  # one worker ran the config
+
+    again = pytester.runpytest_subprocess("-n", "2", "--lf")
+    again.assert_outcomes(failed=1)
+    again.stdout.fnmatch_lines(["2 workers [[]1 item[]]"])  # the failure alone was collected
+    assert "not in selected tests" not in again.stdout.str()
+
+    pytester.runpytest_subprocess("-n", "2", "test_lf.py::test_fails").assert_outcomes(failed=1)
+    pytester.runpytest_subprocess("-n", "2", "--deselect", "test_lf.py::test_fails").assert_outcomes(passed=11)
+
+
 def test_a_bad_factory_setting_is_a_usage_error(pytester):
     pytester.makeconftest("from pytest_sglang_runner import factories\n\nbig = factories.sglang_runner(tp=0)\n")
     pytester.makepyfile(test_x="def test_x(big):\n    pass\n")

@@ -8,6 +8,7 @@ Engine and server live on one worker instead of one of each per worker.
 import asyncio
 import multiprocessing
 import os
+import re
 import signal
 import sys
 import time
@@ -26,11 +27,13 @@ INNER_ARGS = ["-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"]
 
 
 def _processes_in(groups) -> list:
-    """Every live process whose process group is one of ``groups``."""
+    """Every running process whose process group is one of ``groups``: not the zombies of killed
+    ones (exited, their sockets closed and memory freed; reaping them is init's job, and some
+    inits take seconds)."""
     found = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
+    for process in psutil.process_iter(["pid", "cmdline", "status"]):
         try:
-            if os.getpgid(process.pid) in groups:
+            if os.getpgid(process.pid) in groups and process.info["status"] != psutil.STATUS_ZOMBIE:
                 found.append(process)
         except (psutil.Error, ProcessLookupError):
             pass
@@ -66,6 +69,27 @@ def test_engine_greedy_generation_agrees_with_the_runners(sglang_forward, sglang
     assert_logprobs_close(ours, theirs, names=("runner", "engine"))
     assert [g.finish_reason for g in theirs] == [g.finish_reason for g in ours]
     assert any(g.text for g in ours) and [g.text for g in theirs] == [g.text for g in ours]  # SGLang's detokenizer's
+
+
+# docs/services.md's example, as written (tests/test_doc_snippets.py checks that it is here): on
+# CPU its config is LLAMA's, so it reuses that Engine and server; a GPU runs LLAMA in bfloat16.
+@pytest.mark.skipif(ON_GPU, reason="the page's example is float32: on a GPU it would start another Engine")
+@pytest.mark.sglang(model="embedded-llama", dtype="float32")
+def test_runner_decodes_like_the_engine(sglang_forward, sglang_engine):
+    prompts = ["the film was", "It was a"]
+    ours = sglang_forward.generate(prompts, max_new_tokens=12, top_logprobs=5)
+    theirs = sglang_engine.generate(prompts, max_new_tokens=12, top_logprobs=5)
+    assert_tokens_equal(ours, theirs, names=("runner", "engine"))
+    assert_logprobs_close(ours, theirs, names=("runner", "engine"))
+
+
+@pytest.mark.skipif(ON_GPU, reason="the page's example is float32: on a GPU it would start another server")
+@pytest.mark.sglang(model="embedded-llama", dtype="float32")
+def test_runner_decodes_like_the_server(sglang_forward, sglang_server):
+    ours = sglang_forward.generate(["the film was"], max_new_tokens=12)
+    theirs = sglang_server.completions(["the film was"], max_new_tokens=12)
+    assert_tokens_equal(ours, theirs, names=("runner", "server"))
+    assert sglang_server.client.get("/health").status_code == 200
 
 
 @ROBERTA
@@ -168,6 +192,7 @@ def test_the_engine_changes_nothing_in_the_pytest_process(state_before_the_engin
 
 LIFECYCLE_TESTS = """
 import json, os, signal
+import psutil
 import pytest
 from pytest_sglang_runner.services import ServiceError, ServiceRestarted
 
@@ -175,14 +200,28 @@ def _record(pid):
     with open(os.environ["SERVICE_PIDS"], "a") as file:
         file.write(json.dumps([pid, os.getpgid(pid)]) + "\\n")
 
+def _running_in_group(group):
+    found = []
+    for process in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(process.pid) == group and process.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(process.pid)
+        except (psutil.Error, ProcessLookupError):
+            pass
+    return found
+
 def test_server_killed_mid_test(sglang_server):
     _record(sglang_server.process.pid)
     assert len(sglang_server.completions(["the film"], max_new_tokens=2)) == 1
     os.kill(sglang_server.process.pid, signal.SIGKILL)  # the leader only: its children are orphaned
     with pytest.raises(ServiceError, match="did not answer POST /v1/completions"):
         sglang_server.completions(["the film"], max_new_tokens=2)
+    assert _running_in_group(sglang_server.process.pid)  # the orphans: the next test's stop kills them
 
 def test_next_test_gets_a_restarted_server(sglang_server):
+    with open(os.environ["SERVICE_PIDS"]) as file:
+        killed = json.loads(file.readline())[1]
+    assert _running_in_group(killed) == []  # stopped (in this test's setup) before its stop returned
     _record(sglang_server.process.pid)
     assert len(sglang_server.completions(["the film"], max_new_tokens=2)) == 1
 
@@ -203,7 +242,17 @@ def test_a_server_that_cannot_start(sglang_server):
 @pytest.mark.sglang(server_args={"tokenizer_path": "/nonexistent/tokenizer"})
 def test_the_failure_is_remembered(sglang_server):
     pass
+
+def test_a_runner_of_the_default_config(runner):
+    pass
+
+@pytest.mark.sglang(max_total_tokens=2048)
+def test_a_runner_of_a_config_that_differs_only_in_its_kv_budget(runner):
+    pass
 """
+
+# The summary's line for an Engine's or server's config: its starts, then its stops.
+SERVICE_LINE = r"^sglang-runner: SGLang [\d.]+ {service} for \S*embedded-llama on \S+, \w+, \w+ attention, tp 1{settings}: {times}$"
 
 
 def test_deaths_and_failed_starts_give_clear_errors_and_leave_nothing(
@@ -211,14 +260,17 @@ def test_deaths_and_failed_starts_give_clear_errors_and_leave_nothing(
 ):
     """A server or Engine killed mid-test fails that test at once, naming the death; the next test
     gets a fresh one (with a `ServiceRestarted` warning); a server that cannot start fails its test
-    with the end of its log, once per config; at the end no process of any of them is left."""
+    with the end of its log, once per config; at the end no process of any of them is left. The
+    same run checks the terminal: the start's progress lines, live; the summary's line per config
+    (two runner configs that differ only in their KV budget, too) with each service's start and
+    stop times, a killed one's stop under 2 s."""
     pids = tmp_path / "pids.jsonl"
     monkeypatch.setenv("SERVICE_PIDS", str(pids))
     pytester.makepyfile(test_lifecycle=LIFECYCLE_TESTS)
     dtype = ["--sglang-dtype=bfloat16"] if ON_GPU else []
     result = runpytest_forked(*INNER_ARGS, f"--sglang-model={embedded_llama}", *dtype, "-rA", timeout=900)
     output = result.stdout.str()
-    result.assert_outcomes(passed=4, errors=2, warnings=2)
+    result.assert_outcomes(passed=6, errors=2, warnings=2)
     for name in ("sglang_server", "sglang_engine"):
         assert output.count(f"ServiceRestarted: {name}: the last one ended since the previous test (pid ") == 1, output
     assert "SGLang server (pid" in output and "ended before healthy at http://127.0.0.1:" in output
@@ -227,6 +279,44 @@ def test_deaths_and_failed_starts_give_clear_errors_and_leave_nothing(
     assert len({pid for pid, _ in recorded}) == 4  # two servers, two Engines
     assert [p.info for p in _processes_in({group for _, group in recorded})] == []
     record_property("service_processes_left", 0)
+
+    # While a start runs, the terminal says what it waits for: live lines, written before the
+    # report's sections (captured, they would be in -rA's sections of the tests' output).
+    sections = output.index("= ERRORS =")
+    for line in (
+        r"sglang-runner: starting SGLang server for \S*embedded-llama on \S+, \w+, \w+ attention, tp 1$",
+        r"sglang-runner: SGLang server \(pid \d+\) at 0 s: importing SGLang$",
+        r"sglang-runner: SGLang server \(pid \d+\) at \d+ s: starting the server: its scheduler and detokenizer",
+        r"sglang-runner: SGLang server \(pid \d+\) ready in [\d.]+ s$",
+        r"sglang-runner: starting SGLang server for .*, tokenizer_path=/nonexistent/tokenizer$",
+        r"sglang-runner: SGLang Engine \(pid \d+\) at \d+ s: building the Engine: its scheduler and detokenizer",
+        r"sglang-runner: SGLang Engine \(pid \d+\) ready in [\d.]+ s$",
+    ):
+        found = re.search(line, output, re.M)
+        assert found and found.start() < sections, (line, output)
+    # The Engine stops at the session's finish, before the summary that gives its stop time.
+    stopping = re.search(r"^sglang-runner: stopping SGLang Engine \(pid \d+\)$", output, re.M)
+    assert stopping, output
+    assert re.search(r"^sglang-runner: SGLang [\d.]+ Engine for ", output[stopping.end() :], re.M), output
+
+    # The summary: each config's line of its own, the service ones with their start and stop times.
+    builds = [line for line in result.outlines if line.startswith("sglang-runner: SGLang ") and " built " in line]
+    assert len(builds) == 2, builds
+    assert re.fullmatch(r".* attention, tp 1: 1 build in [\d.]+ s", builds[0]), builds
+    assert re.fullmatch(r".* attention, tp 1, max_total_tokens=2048: 1 build in [\d.]+ s", builds[1]), builds
+    times = r"2 starts in [\d.]+, [\d.]+ s, 2 stops in (?P<dead>[\d.]+), [\d.]+ s"
+    for service in ("Engine", "server"):
+        line = re.search(SERVICE_LINE.format(service=service, settings="", times=times), output, re.M)
+        assert line, (service, output)
+        assert float(line["dead"]) < 2.0, line[0]  # the killed one's stop: no wait on what is gone
+    failed = SERVICE_LINE.format(
+        service="server", settings=", tokenizer_path=/nonexistent/tokenizer", times=r"1 failed start in [\d.]+ s"
+    )
+    assert re.search(failed, output, re.M), output
+    summary = [
+        line for line in result.outlines if re.match(r"sglang-runner: SGLang [\d.]+ (built|Engine|server) ", line)
+    ]
+    assert len(summary) == 5, summary  # two runner configs, the Engine's, the server's two
 
 
 @ROBERTA

@@ -14,7 +14,9 @@ from ..options import OPTIONS, RunnerSpec, spec_from_values
 from ..paths import models_cache_dir
 from ..runner import RunnerFactory
 from ..services import ServiceFactory
+from ..sglang_compat import process
 from .keys import factory_fixtures_key, factory_key, services_key
+from .report import progress_writer
 from .settings import FactoryFixtures
 from .xdist import XdistSupport
 
@@ -67,13 +69,14 @@ def spec_from_config(config: pytest.Config) -> RunnerSpec:
 
 
 def _check_server_args(spec: RunnerSpec) -> None:
-    """Unknown or mistyped --sglang-arg fields (and attention backends) fail now, against the ServerArgs schema an earlier build
-    of this SGLang version saved; with none saved yet, at the first build (importing SGLang costs
-    seconds, and a run may have no runner test at all)."""
+    """Unknown or mistyped --sglang-arg fields (and attention backends) fail now, against the
+    ServerArgs schema an earlier build of this SGLang version saved, or else the one read from
+    SGLang's source (no attention backends there: those wait for the first build); importing
+    SGLang to check costs seconds, and a run may have no runner test at all."""
     if spec.server_args or spec.attention_backend:
-        from ..sglang_compat.server_args import cached_schema, check_attention_backend, typed_server_args
+        from ..sglang_compat.server_args import check_attention_backend, startup_schema, typed_server_args
 
-        schema = cached_schema()
+        schema = startup_schema()
         if schema is not None:
             typed_server_args(dict(spec.server_args), schema)
             if spec.attention_backend:
@@ -88,12 +91,15 @@ def _xdist_workers(config: pytest.Config) -> int:
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS + ((GPU_ALIAS_MARKER,) if config.getini("sglang_gpu_alias") else ()):
         config.addinivalue_line("markers", marker)
+    config.addinivalue_line("filterwarnings", process.SWIG_WARNING_FILTER)  # each test's, before the user's -W
     try:
         spec = spec_from_config(config)
         limit = timeouts.limit_from_config(config)
         _check_server_args(spec)
         if not hasattr(config, "workerinput") and _xdist_workers(config) > 0:
             devices.check_gpus_suffice(spec.device, _xdist_workers(config), spec.tp)
+        else:
+            devices.check_device_at_startup(spec.device)
     except SpecError as exc:
         raise pytest.UsageError(f"{exc}") from None
     if config.getoption("sglang_clear_cache") and not hasattr(config, "workerinput"):
@@ -106,10 +112,11 @@ def pytest_configure(config: pytest.Config) -> None:
         timeout_s=limit,
     )
     config.stash[factory_key] = factory
-    config.stash[services_key] = services = ServiceFactory(factory)
+    config.stash[services_key] = services = ServiceFactory(factory, progress=progress_writer(config))
     config.stash[factory_fixtures_key] = factory_fixtures = FactoryFixtures()
     config.pluginmanager.register(factory_fixtures, "sglang-runner-factory-fixtures")  # sees every conftest as it loads
     config.add_cleanup(ports.sweep_stale_lock_files)  # runs after factory.close: files of crashed peers too
+    config.add_cleanup(process.ignore_swig_warnings)  # after every catch_warnings: holds at the interpreter's exit
     config.add_cleanup(lambda: _close_at_session_end(factory))
     config.add_cleanup(services.close)
     if config.pluginmanager.hasplugin("xdist"):

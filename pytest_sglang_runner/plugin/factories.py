@@ -33,27 +33,30 @@ if TYPE_CHECKING:
     from ..runner import LiveRunner, RunnerFactory
 
 
-def _checked(factory: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Bad settings fail where the fixture is defined, not at its first test."""
+def _problem(factory: str, overrides: dict[str, Any]) -> str | None:
+    """What is wrong with the settings, naming the factory call, or None. Raised as a usage error
+    when the conftest registers (`settings.FactoryFixtures`): raised here, at its import, pytest
+    would show "ImportError while loading conftest" and a traceback."""
     try:
         RunnerSpec().with_overrides(**overrides)
     except SpecError as exc:
         arguments = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
-        raise pytest.UsageError(f"factories.{factory}({arguments}): {exc}") from None
-    return dict(overrides)
+        return f"factories.{factory}({arguments}): {exc}"
+    return None
 
 
 def sglang_runner(**overrides: Any):
     """A fixture giving the `LiveRunner` (``.model_runner``, ``.forward``, ``.model_path``) built
     with these settings (RunnerSpec fields such as ``model``, ``dtype``, ``tp``, or ServerArgs
     fields) over the command line and ini file; a test's ``sglang`` marker still applies on top."""
-    overrides = _checked("sglang_runner", overrides)
+    overrides = dict(overrides)
+    problem = _problem("sglang_runner", overrides)
 
     def named_runner(request: pytest.FixtureRequest, runner_factory: RunnerFactory) -> LiveRunner:
         return live_runner_for(request, runner_factory, overrides)
 
     fixture = pytest.fixture(named_runner)
-    remember_factory_fixture(fixture, overrides)
+    remember_factory_fixture(fixture, overrides, problem)
     return fixture
 
 

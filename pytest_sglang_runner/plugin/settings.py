@@ -23,10 +23,14 @@ TEST_CONFIG_FIXTURES = frozenset({"runner", "sglang_live", "sglang_forward", "sg
 
 # id(fixture object) -> (the object, its settings): filled by `factories`, read at collection.
 _FACTORY_MADE: dict[int, tuple[Any, dict[str, Any]]] = {}
+# id(fixture object) -> the usage error of its factory call, raised when its conftest registers.
+_FACTORY_ERRORS: dict[int, str] = {}
 
 
-def remember_factory_fixture(fixture: Any, overrides: dict[str, Any]) -> None:
+def remember_factory_fixture(fixture: Any, overrides: dict[str, Any], error: str | None = None) -> None:
     _FACTORY_MADE[id(fixture)] = (fixture, overrides)
+    if error is not None:
+        _FACTORY_ERRORS[id(fixture)] = error
 
 
 def factory_settings(obj: Any) -> dict[str, Any] | None:
@@ -42,6 +46,14 @@ def _factory_fixtures_in(namespace: Any) -> dict[str, dict[str, Any]]:
         if overrides is not None:
             found[name] = overrides
     return found
+
+
+def _raise_factory_error(namespace: Any) -> None:
+    """A bad factory call's one-line usage error (raised at the call, in a conftest's import, pytest
+    would print "ImportError while loading conftest" and a traceback)."""
+    for value in vars(namespace).values():
+        if factory_settings(value) is not None and id(value) in _FACTORY_ERRORS:
+            raise pytest.UsageError(_FACTORY_ERRORS[id(value)])
 
 
 class FactoryFixtures:
@@ -60,6 +72,7 @@ class FactoryFixtures:
         found = _factory_fixtures_in(plugin) if path else {}
         if not found:
             return
+        _raise_factory_error(plugin)  # at pytest_configure for the conftests loaded before it
         if Path(path).name == "conftest.py":
             self._conftests[Path(path).parent] = found
         else:
@@ -72,6 +85,7 @@ class FactoryFixtures:
             return {}
         if namespace not in self._namespaces:
             self._namespaces[namespace] = _factory_fixtures_in(namespace)
+            _raise_factory_error(namespace)
         return self._namespaces[namespace]
 
     def for_item(self, item: pytest.Item) -> list[tuple[str, dict[str, Any]]]:

@@ -1,5 +1,5 @@
-"""pytest-xdist: loadgroup by default, the kit's config groups honoured on pytest 9.2, and the
-workers' build records brought back for the summary."""
+"""pytest-xdist: loadgroup by default, ``xdist_group`` honoured on pytest 9.2 with node ids that
+stay plain, and the workers' build records brought back for the summary."""
 
 from __future__ import annotations
 
@@ -25,22 +25,38 @@ class XdistSupport:
     def pytest_configure_node(self, node) -> None:
         node.workerinput["sglang_loadgroup"] = node.config.option.dist == "loadgroup"
 
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        """xdist (3.8) groups by renaming ``item._nodeid`` to ``NODEID@GROUP``, which pytest 9.2
-        no longer reads (its ids live in ``item._id``): the kit's groups get the suffix there."""
-        if not getattr(config.option, "loadgroup", False):
-            return
-        for item in items:
-            marker = item.get_closest_marker("xdist_group")
-            group = marker.kwargs.get("name", "") if marker is not None else ""
-            if group.startswith(CONFIG_GROUP_PREFIX) and "@" not in item.nodeid and hasattr(item, "_id"):
-                from _pytest.nodeid import NodeId
+    @pytest.hookimpl(wrapper=True)
+    def pytest_collection_finish(self, session: pytest.Session):
+        """xdist (3.8) groups a worker's tests by the ids it sends when collection finishes, and
+        marks a group by renaming ``item._nodeid`` to ``NODEID@GROUP``, which pytest 9.2 no longer
+        reads (its ids live in ``item._id``). So on a loadgroup worker the ids carry their group
+        only while that hook sends them: reports, ``--lf``, ``--deselect`` and copied ids keep the
+        plain node id. Every ``xdist_group`` counts, the kit's and the project's own."""
+        config = session.config
+        if not (hasattr(config, "workerinput") and getattr(config.option, "loadgroup", False)):
+            return (yield)
+        plain = {}
+        for item in session.items:
+            group = _group_of(item)
+            if group and hasattr(item, "_id") and not item.nodeid.endswith(f"@{group}"):
+                from _pytest.nodes import coerce_node_id
 
-                item._id = NodeId.parse(f"{item.nodeid}@{group}")
+                plain[item] = item._id
+                item._id = coerce_node_id(f"{item.nodeid}@{group}")
+        try:
+            return (yield)
+        finally:
+            for item, node_id in plain.items():
+                item._id = node_id
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:
         builds = getattr(node, "workeroutput", {}).get("sglang_runner_builds", [])
         config = node.config
         config._sglang_worker_builds = getattr(config, "_sglang_worker_builds", []) + builds
+
+
+def _group_of(item: pytest.Item) -> str:
+    """The group xdist's loadgroup gives a test: its ``xdist_group`` names, sorted, joined by ``_``."""
+    names = {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+    return "_".join(sorted(names))

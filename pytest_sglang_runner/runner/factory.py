@@ -31,7 +31,7 @@ from ..sglang_compat import bootstrap, process
 from .build import build_rank
 from .build_errors import build_failure, drop_frames, port_taken_by_another_process
 from .forward import Forward
-from .live import BuildRecord, LiveRunner
+from .live import BuildRecord, LiveRunner, other_settings
 from .peers import RankPeers
 from .plan import BuildPlan, resolve_model_path
 from .quiet import quiet_build
@@ -280,6 +280,7 @@ class RunnerFactory:
             attention_backend=plan.attention_backend,
             tp=spec.tp,
             seconds=time.perf_counter() - started,
+            settings=other_settings(spec),
         )
         self.records.append(record)
         forward = Forward(runner, model_path=plan.model_path, mirror=peers.mirror if peers else None)

@@ -25,6 +25,19 @@ class BuildRecord:
     attention_backend: str
     tp: int
     seconds: float
+    settings: str = ""  # what else sets this config apart (`other_settings`): two configs, two summary lines
+
+
+def other_settings(spec) -> str:
+    """The spec's settings that the summary's model, device, dtype, backend and tp leave out,
+    where they differ from the defaults: ``max_total_tokens=2048``, ``--sglang-arg`` fields."""
+    defaults = type(spec)()
+    shown = [
+        f"{name}={getattr(spec, name)}"
+        for name in ("mem_fraction", "max_total_tokens")
+        if getattr(spec, name) != getattr(defaults, name)
+    ]
+    return ", ".join(shown + [f"{key}={value}" for key, value in spec.server_args])
 
 
 @dataclass

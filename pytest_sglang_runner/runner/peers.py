@@ -49,10 +49,10 @@ def serve_rank(conn, plan: BuildPlan, kwargs: dict, rank: int) -> None:
         "ignore"
     )  # a peer's warnings reach no summary, only the terminal (SGLang's, at import and exit)
     process.prepare_process(plan.device)
-    process.import_sglang()
     forward = None
     try:
         with build_log():  # rank 0 keeps SGLang's noise out of the test's output; so do the peers
+            process.import_sglang()  # its "Ignore import error ..." lines too
             runner = build_rank(plan, kwargs, rank)
         forward = Forward(runner, model_path=plan.model_path)
         conn.send(("ready", None))

@@ -3,8 +3,8 @@
 Warnings raised while SGLang is imported and a runner is built come from SGLang and its
 dependencies (flashinfer, cutlass, quack ...): theirs to fix, not the user's, and dozens of them
 would bury the user's own; only those whose code lies in the user's project are passed on.
-SGLang's log lines and progress bars of a build would land in the captured output of whichever
-test happened to build the runner; they go to the build's log instead.
+SGLang's and torch's log lines and progress bars of a build would land in the captured output of
+whichever test happened to build the runner; they go to the build's log instead.
 """
 
 from __future__ import annotations
@@ -57,22 +57,39 @@ def project_warnings_only(project_root: Path | None) -> Iterator[None]:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
+# Whose log records a build keeps: SGLang's and those of torch, which SGLang drives.
+BUILD_LOGGERS = ("sglang", "torch")
+
+
+def _build_loggers() -> list[logging.Logger]:
+    """The top loggers of `BUILD_LOGGERS` and their children that do not propagate (torch has
+    several, each with its own handlers, and pytest attaches its log capture to every such logger)."""
+    loggers = [logging.getLogger(name) for name in BUILD_LOGGERS]
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and not logger.propagate and name.split(".")[0] in BUILD_LOGGERS:
+            if logger not in loggers:
+                loggers.append(logger)
+    return loggers
+
+
 @contextmanager
 def build_log() -> Iterator[io.StringIO]:
-    """SGLang's log records and Python-level stdout/stderr during the block, into a buffer."""
+    """SGLang's and torch's log records and Python-level stdout/stderr during the block, into a
+    buffer: their loggers' own handlers (and pytest's capture) set aside meanwhile."""
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("sglang")
-    propagate = logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False
+    saved = [(logger, logger.handlers, logger.propagate) for logger in _build_loggers()]
+    for logger, _, _ in saved:
+        logger.handlers = [handler]
+        logger.propagate = False
     try:
         with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
             yield buffer
     finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
+        for logger, handlers, propagate in saved:
+            logger.handlers = handlers
+            logger.propagate = propagate
 
 
 @contextmanager

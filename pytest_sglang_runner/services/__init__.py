@@ -1,10 +1,11 @@
 """SGLang's own ``sglang.Engine`` and HTTP server, one fixture away (``sglang_engine``,
 ``sglang_server``), configured by the same options as the runner.
 
-- `process`: the host process (its own session, a log file), stopped with its whole tree;
+- `process`: the host process (its own session, a log file, its start's phases), stopped with its whole tree;
 - `engine` / `engine_host`: the test's handle on an Engine, and the process that hosts it;
 - `server` / `server_host`: the test's handle on a server (base URL, HTTP client), and its process;
-- `factory`: at most one of each per pytest process, per config, started again after a death.
+- `factory`: at most one of each per pytest process, per config, started again after a death;
+  a record of each start and stop for the terminal summary.
 
 Both run in processes of their own because an Engine changes process-global state (signal
 handlers, the start method, the event loop policy) and its ``shutdown()`` kills every child of

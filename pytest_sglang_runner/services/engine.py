@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import ServiceError
 from ..results import Generation, check_arguments
@@ -26,11 +26,14 @@ HOST_MODULE = "pytest_sglang_runner.services.engine_host"
 class EngineService(Tokenized):
     """The test's handle on a hosted ``sglang.Engine`` (see the module docstring)."""
 
-    def __init__(self, engine_kwargs: dict, *, device: str, timeout_s: float):
+    def __init__(
+        self, engine_kwargs: dict, *, device: str, timeout_s: float, progress: Callable[[str], None] | None = None
+    ):
         self.model_path = engine_kwargs["model_path"]
         self.engine_kwargs = engine_kwargs
         self.device = device
         self.timeout_s = timeout_s
+        self.progress = progress  # what the start waits for, as it goes (the terminal's)
         self._conn: Connection | None = None
         self.process: HostedProcess | None = None
 
@@ -38,7 +41,12 @@ class EngineService(Tokenized):
         ours, theirs = socket.socketpair()
         try:
             self.process = HostedProcess(
-                "Engine", HOST_MODULE, [str(theirs.fileno())], device=self.device, pass_fds=[theirs.fileno()]
+                "Engine",
+                HOST_MODULE,
+                [str(theirs.fileno())],
+                device=self.device,
+                pass_fds=[theirs.fileno()],
+                progress=self.progress,
             )
         except BaseException:
             ours.close()
@@ -55,6 +63,7 @@ class EngineService(Tokenized):
         if status != "ready":
             self.stop()
             raise ServiceError(f"sglang.Engine failed to start:\n{detail}")
+        self.process.ready()
         return self
 
     @property
@@ -130,21 +139,27 @@ class EngineService(Tokenized):
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def stop(self) -> None:
-        """Ask the host to shut the Engine down, then make sure its whole process group is gone."""
-        if self.process is None:
-            return
-        conn, self._conn = self._conn, None
-        if conn is not None:
+    def ask_to_stop(self) -> None:
+        """Ask the host to shut the Engine down (`stop` waits for it): stopping several at once
+        overlaps their shutdowns."""
+        if self._conn is not None and self.process is not None and self.process.alive:
             try:
-                if self.process.alive:
-                    conn.send(("close", None))
+                self._conn.send(("close", None))
             except OSError:
                 pass
+
+    def stop(self) -> float | None:
+        """Ask the host to shut the Engine down, then make sure its whole process group is gone;
+        the seconds that took (None when there was nothing to stop, or it failed)."""
+        if self.process is None:
+            return None
+        self.ask_to_stop()
+        conn, self._conn = self._conn, None
         try:
-            self.process.stop()
+            return self.process.stop()
         except Exception:  # noqa: BLE001 - stopping must not fail a teardown
             traceback.print_exc()
+            return None
         finally:
             if conn is not None:
                 conn.close()

@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection
 
 from ..models import register_kit_models
 from ..sglang_compat import serving
-from .process import watch_lifeline
+from .process import report_phase, watch_lifeline
 
 serving.prepare_serving_process()
 register_kit_models()
@@ -39,6 +39,9 @@ def serve(conn: Connection) -> None:
     import sglang
 
     kwargs = serving.hosted_server_args(conn.recv())
+    report_phase(
+        "building the Engine: its scheduler and detokenizer import SGLang, load the model, allocate the KV cache"
+    )
     try:
         engine = sglang.Engine(**kwargs)
     except BaseException:

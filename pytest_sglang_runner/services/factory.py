@@ -1,9 +1,11 @@
 """`ServiceFactory`: at most one hosted Engine and one hosted server per pytest process, each
 built with a test config's settings, reused while the config stays the same, started again when
-it died, and stopped (process tree and ports) at the end of the session."""
+it died, and stopped (process tree and ports) at the end of the session. It keeps a record of
+each start and stop for the terminal summary, and passes what a start waits for to ``progress``."""
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -12,24 +14,47 @@ from .. import ports, timeouts
 from ..errors import ServiceError, ServiceRestarted
 from ..options import RunnerSpec
 from ..runner.factory import RunnerFactory
+from ..runner.live import other_settings
+from ..sglang_compat.process import installed_version
 from .engine import EngineService
 from .server import ServerService
 
 
 @dataclass
+class ServiceRecord:
+    """What the terminal summary reports about one start of an Engine or server: the config (as a
+    runner's `BuildRecord` names it), how long the start took, whether it failed, and the stop."""
+
+    service: str  # "Engine" or "server"
+    model: str
+    device: str
+    sglang_version: str
+    dtype: str
+    attention_backend: str
+    tp: int
+    settings: str
+    seconds: float = 0.0
+    failed: bool = False
+    stop_seconds: float | None = None
+
+
+@dataclass
 class _Slot:
-    """One kind of service: the live one, its config and ports, and the configs that failed to start."""
+    """One kind of service: the live one, its config, ports and record, and the configs that failed to start."""
 
     live: Any = None
     spec: RunnerSpec | None = None
+    record: ServiceRecord | None = None
     reservations: list = field(default_factory=list)
     failed: dict = field(default_factory=dict)
 
     def stop(self) -> None:
-        live, self.live, self.spec = self.live, None, None
+        live, record, self.live, self.spec, self.record = self.live, self.record, None, None, None
         try:
             if live is not None:
-                live.stop()
+                seconds = live.stop()
+                if record is not None:
+                    record.stop_seconds = seconds
         finally:
             for reservation in self.reservations:
                 reservation.release()
@@ -39,6 +64,8 @@ class _Slot:
 @dataclass
 class ServiceFactory:
     runners: RunnerFactory  # for the config, the model directory, the worker's GPUs and the time limit
+    progress: Callable[[str], None] | None = None  # what a start or stop waits for, as it goes (the terminal's)
+    records: list[ServiceRecord] = field(default_factory=list)
     _engine: _Slot = field(default_factory=_Slot)
     _server: _Slot = field(default_factory=_Slot)
 
@@ -49,6 +76,10 @@ class ServiceFactory:
     def server(self, **overrides: Any) -> ServerService:
         """The server for the default config plus ``overrides``; ready (``/health`` 200) when returned."""
         return self._get(self._server, "sglang_server", self._start_server, overrides)
+
+    def _say(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress(text)
 
     def _get(self, slot: _Slot, name: str, start: Callable, overrides: dict):
         limit, overrides = timeouts.split_limit(overrides)
@@ -67,14 +98,38 @@ class ServiceFactory:
                 stacklevel=1,
             )
         slot.stop()
+        record = None
+        began = time.monotonic()
         try:
-            slot.live, slot.spec = start(slot, spec, limit), spec
+            record = self._record(name, spec)
+            self._say(f"starting SGLang {describe(record)}")
+            slot.live, slot.spec, slot.record = start(slot, spec, limit), spec, record
         except BaseException as exc:
             if isinstance(exc, ServiceError):  # a start that failed, not one that was interrupted
                 slot.failed[spec] = exc
+                if record is not None:
+                    record.failed = True
             slot.stop()
             raise
+        finally:
+            if record is not None:
+                record.seconds = time.monotonic() - began
         return slot.live
+
+    def _record(self, name: str, spec: RunnerSpec) -> ServiceRecord:
+        plan = self.runners.plan(spec)
+        record = ServiceRecord(
+            service="Engine" if name == "sglang_engine" else "server",
+            model=plan.model_path,
+            device=plan.device_label,
+            sglang_version=installed_version(),
+            dtype=plan.dtype,
+            attention_backend=plan.attention_backend,
+            tp=spec.tp,
+            settings=other_settings(spec),
+        )
+        self.records.append(record)
+        return record
 
     def _kwargs(self, slot: _Slot, spec: RunnerSpec, count: int) -> tuple[dict, str]:
         """The runner's ServerArgs for ``spec`` on fresh reserved ports (the last ``count - 2`` kept for the caller)."""
@@ -88,11 +143,13 @@ class ServiceFactory:
 
     def _start_engine(self, slot: _Slot, spec: RunnerSpec, limit: float) -> EngineService:
         kwargs, device = self._kwargs(slot, spec, 2)
-        return EngineService(kwargs, device=device, timeout_s=limit).start()
+        return EngineService(kwargs, device=device, timeout_s=limit, progress=self.progress).start()
 
     def _start_server(self, slot: _Slot, spec: RunnerSpec, limit: float) -> ServerService:
         kwargs, device = self._kwargs(slot, spec, 3)
-        return ServerService(kwargs, device=device, timeout_s=limit, reservation=slot.reservations[2]).start()
+        return ServerService(
+            kwargs, device=device, timeout_s=limit, reservation=slot.reservations[2], progress=self.progress
+        ).start()
 
     @property
     def held_ports(self) -> set[int]:
@@ -100,8 +157,27 @@ class ServiceFactory:
         return {r.port for slot in (self._engine, self._server) for r in slot.reservations}
 
     def close(self) -> None:
-        """Stop both (their whole process trees) and release their ports."""
+        """Stop both (their whole process trees) and release their ports. Both are asked to stop
+        first, so that their shutdowns overlap."""
+        live = [slot.live for slot in (self._engine, self._server) if slot.live is not None]
+        names = [f"SGLang {s.process.name} (pid {s.process.pid})" for s in live if s.process is not None]
+        if names:
+            self._say("stopping " + " and ".join(names))
+        for service in live:
+            service.ask_to_stop()
         try:
             self._engine.stop()
         finally:
             self._server.stop()
+
+
+def describe(record) -> str:
+    """A config as the summary names it: a `ServiceRecord`'s or a runner `BuildRecord`'s (or their dicts)."""
+    get = record.get if isinstance(record, dict) else lambda key, default=None: getattr(record, key, default)
+    service = get("service")
+    what = f"{service} for" if service else "built"
+    settings = get("settings") or ""
+    return (
+        f"{what} {get('model')} on {get('device')}, {get('dtype')}, {get('attention_backend')} attention, "
+        f"tp {get('tp')}{', ' + settings if settings else ''}"
+    )

@@ -3,7 +3,9 @@
 The host starts in a session of its own, so its process group holds everything SGLang spawns from
 it (scheduler, detokenizer), including children orphaned by a crash; stopping signals that group.
 Its output goes to a log file, whose end is quoted when it fails; the kit removes the log when it
-stops a healthy host, and keeps it when the host died or failed to start.
+stops a healthy host, and keeps it when the host died or failed to start. While it starts, the
+phases the host writes to that log (`report_phase`) are passed on to ``progress``, so that the
+terminal says what a start of half a minute or more is waiting for.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from ..sglang_compat.serving import SERVING_DEVICE_ENV
 LIFELINE_ENV = "PYTEST_SGLANG_LIFELINE_FD"  # a pipe the pytest process holds open while it lives
 LOG_TAIL_LINES = 30
 POLL_S = 0.2
-TERMINATE_WAIT_S = 10.0  # for a SIGTERMed host to exit, and for its killed group to be gone
+STOP_WAIT_S = 10.0  # bound for a host asked to stop to exit, and for its killed group to be gone
+PHASE_PREFIX = "pytest-sglang-runner phase: "  # a host's line in its log: what its start does now
 
 
 class HostedProcess:
@@ -38,8 +41,15 @@ class HostedProcess:
         device: str,
         pass_fds: Sequence[int] = (),
         env: dict | None = None,
+        progress: Callable[[str], None] | None = None,
     ):
         self.name = name
+        self.progress = progress
+        self.start_seconds: float | None = None  # set by `ready`
+        self.stop_seconds: float | None = None  # set by `stop`
+        self._phase = ""
+        self._log_read = 0
+        self._terminated = False
         handle, path = tempfile.mkstemp(prefix=f"pytest-sglang-{name}-", suffix=".log")
         self.log_path = Path(path)
         lifeline, self._lifeline = os.pipe()  # the host reads EOF here when pytest is gone, however it ended
@@ -66,8 +76,39 @@ class HostedProcess:
         finally:
             os.close(handle)
             os.close(lifeline)
+        self.started = time.monotonic()
         self.pid = self.popen.pid
         self.log_quoted = False  # an error or warning named the log: it stays
+        self.announce("importing SGLang")
+
+    def announce(self, phase: str) -> None:
+        """Tell ``progress`` what the start waits for now, once per phase."""
+        if phase != self._phase and self.start_seconds is None:
+            self._phase = phase
+            if self.progress is not None:
+                self.progress(
+                    f"SGLang {self.name} (pid {self.pid}) at {time.monotonic() - self.started:.0f} s: {phase}"
+                )
+
+    def ready(self) -> None:
+        """The start is over: record how long it took, and say so."""
+        self.start_seconds = time.monotonic() - self.started
+        if self.progress is not None:
+            self.progress(f"SGLang {self.name} (pid {self.pid}) ready in {self.start_seconds:.1f} s")
+
+    def _read_phase(self) -> None:
+        """The last phase the host wrote to its log since the last look (whole lines only)."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_read)
+                text = log.read()
+        except OSError:
+            return
+        end = text.rfind(b"\n") + 1
+        self._log_read += end
+        phases = [line for line in text[:end].decode(errors="replace").splitlines() if line.startswith(PHASE_PREFIX)]
+        if phases:
+            self.announce(phases[-1][len(PHASE_PREFIX) :])
 
     @property
     def alive(self) -> bool:
@@ -109,51 +150,90 @@ class HostedProcess:
         """Poll ``ready()`` until it is true; a death or the limit (0: none) raises `ServiceError` at once."""
         deadline = time.monotonic() + timeout_s if timeout_s else None
         while not ready():
+            if self.start_seconds is None:
+                self._read_phase()
             if not self.alive:
                 raise self.failure(f"ended before {what}")
             if deadline is not None and time.monotonic() > deadline:
                 raise self.failure(f"was not {what} within {timeout_s:g} s (--sglang-timeout)")
             time.sleep(POLL_S)
 
-    def group_alive(self) -> bool:
+    def group_running(self) -> bool:
+        """Something of the host's process group still runs: a member that is not a zombie (a
+        zombie has closed its files and sockets and freed its memory; reaping it is init's job)."""
         try:
-            os.killpg(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-    def stop(self, grace_s: float = 10.0) -> None:
-        """Wait up to ``grace_s`` for the host to end by itself (when it was asked to), then SIGTERM
-        it (SGLang's server drains and exits), then SIGKILL its whole process group; returns once
-        nothing of it is left. The log goes too, unless the host had died by itself or an error
-        named it."""
-        died = not self.alive
-        try:
-            self.popen.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            self.popen.terminate()
+            entries = os.listdir("/proc")
+        except OSError:  # no procfs: any member, zombies included
             try:
-                self.popen.wait(TERMINATE_WAIT_S)
-            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
                 pass
+            return True
+        for entry in entries:
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    fields = stat.read().rsplit(b")", 1)[1].split()  # after the command, which may hold spaces
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            if int(fields[2]) == self.pid and fields[0] not in (b"Z", b"X"):
+                return True
+        return False
+
+    def terminate(self) -> None:
+        """SIGTERM to the host alone, once (SGLang's server drains and exits, taking its children;
+        a second SIGTERM would cut the drain short)."""
+        if self.alive and not self._terminated:
+            self._terminated = True
+            self.popen.terminate()
+
+    def stop(self, grace_s: float = STOP_WAIT_S, then_terminate: bool = True) -> float:
+        """Wait up to ``grace_s`` for a host that was asked to stop to end by itself, then (with
+        ``then_terminate``) SIGTERM it and wait as long again, then SIGKILL its whole process
+        group; returns the seconds it took once nothing of it runs. Every wait ends as soon as
+        the process has: a host that is dead already goes straight to the SIGKILL of its group.
+        A second call returns the first one's seconds.
+        The log goes too, unless the host had died by itself or an error named it."""
+        if self.stop_seconds is not None:  # stopped already: how long that took
+            return self.stop_seconds
+        began = time.monotonic()
+        died = not self.alive
+        if not died:
+            try:
+                self.popen.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                if then_terminate:
+                    self.popen.terminate()
+                    try:
+                        self.popen.wait(STOP_WAIT_S)
+                    except subprocess.TimeoutExpired:
+                        pass
         self._signal_group(signal.SIGKILL)  # children left behind, or a host that ignored SIGTERM
         self.popen.wait()
-        deadline = time.monotonic() + TERMINATE_WAIT_S
-        while self.group_alive() and time.monotonic() < deadline:  # killed children init has not reaped yet
-            time.sleep(0.05)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while self.group_running() and time.monotonic() < deadline:  # SIGKILLed, but not yet exited
+            time.sleep(0.02)
         if self._lifeline is not None:
             os.close(self._lifeline)
             self._lifeline = None
         if not (died or self.log_quoted):
             self.log_path.unlink(missing_ok=True)
+        self.stop_seconds = time.monotonic() - began
+        return self.stop_seconds
 
     def _signal_group(self, signum: int) -> None:
         try:
             os.killpg(self.pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def report_phase(phase: str) -> None:
+    """In a host: say (in its log, for the pytest side to pass on) what its start does now."""
+    print(f"{PHASE_PREFIX}{phase}", flush=True)
 
 
 def watch_lifeline() -> None:

@@ -8,7 +8,7 @@ process session of its own, so stopping it takes the whole tree (scheduler, deto
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import ServiceError
 from ..ports import PortReservation
@@ -24,12 +24,21 @@ HEALTH_TIMEOUT_S = 2.0  # one /health request while waiting for the server
 class ServerService(Tokenized):
     """The test's handle on a hosted SGLang server (see the module docstring)."""
 
-    def __init__(self, server_kwargs: dict, *, device: str, timeout_s: float, reservation: PortReservation):
+    def __init__(
+        self,
+        server_kwargs: dict,
+        *,
+        device: str,
+        timeout_s: float,
+        reservation: PortReservation,
+        progress: Callable[[str], None] | None = None,
+    ):
         self.model_path = server_kwargs["model_path"]
         self.reservation = reservation
         self.server_kwargs = {**server_kwargs, "host": "127.0.0.1", "port": reservation.port}
         self.device = device
         self.timeout_s = timeout_s
+        self.progress = progress  # what the start waits for, as it goes (the terminal's)
         self.process: HostedProcess | None = None
         self._client = None
 
@@ -50,25 +59,38 @@ class ServerService(Tokenized):
             self._client = httpx.Client(base_url=self.base_url, timeout=self.timeout_s or None)
         return self._client
 
-    def _answers(self, path: str) -> bool:
+    def _status(self, path: str) -> int | None:
+        """The status of a GET on ``path``; None when nothing answered."""
         import httpx
 
         try:
-            return httpx.get(f"{self.base_url}{path}", timeout=HEALTH_TIMEOUT_S).status_code == 200
+            return httpx.get(f"{self.base_url}{path}", timeout=HEALTH_TIMEOUT_S).status_code
         except httpx.HTTPError:
-            return False
+            return None
+
+    def _answers(self, path: str) -> bool:
+        return self._status(path) == 200
 
     def healthy(self) -> bool:
         """``/health`` answers 200: SGLang is up and (by default) ran a one-token request."""
         return self._answers("/health")
 
+    def _started(self) -> bool:
+        status = self._status("/health")
+        if status is not None and status != 200:  # listening, not ready: the warm-up request runs
+            self.process.announce(f"warming up: {self.base_url}/health answers {status} until a first request has run")
+        return status == 200
+
     def start(self) -> ServerService:
-        self.process = HostedProcess("server", HOST_MODULE, [json.dumps(self.server_kwargs)], device=self.device)
+        self.process = HostedProcess(
+            "server", HOST_MODULE, [json.dumps(self.server_kwargs)], device=self.device, progress=self.progress
+        )
         try:
-            self.process.wait_until(self.healthy, self.timeout_s, f"healthy at {self.base_url}/health")
+            self.process.wait_until(self._started, self.timeout_s, f"healthy at {self.base_url}/health")
         except BaseException:
             self.stop()
             raise
+        self.process.ready()
         return self
 
     @property
@@ -116,11 +138,20 @@ class ServerService(Tokenized):
         )
         return generations_from_completion(token_lists, self.post("/v1/completions", body), self.tokenizer)
 
-    def stop(self) -> None:
-        """SIGTERM to the server (it drains and exits), then SIGKILL to its whole process group."""
+    def ask_to_stop(self) -> None:
+        """SIGTERM to the server (it drains and exits; `stop` waits for it): stopping several at
+        once overlaps their shutdowns."""
+        if self.process is not None:
+            self.process.terminate()
+
+    def stop(self) -> float | None:
+        """SIGTERM to the server (it drains and exits), then SIGKILL to its whole process group;
+        the seconds that took (None when there was nothing to stop)."""
         if self._client is not None:
             self._client.close()
             self._client = None
-        if self.process is not None:
-            process, self.process = self.process, None
-            process.stop(grace_s=0.0)
+        if self.process is None:
+            return None
+        process, self.process = self.process, None
+        process.terminate()
+        return process.stop(then_terminate=False)

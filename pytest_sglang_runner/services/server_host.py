@@ -14,11 +14,14 @@ import sys
 from ..models import register_kit_models
 from ..sglang_compat import serving
 from ..sglang_compat.server_args import make_server_args
-from .process import watch_lifeline
+from .process import report_phase, watch_lifeline
 
 serving.prepare_serving_process()
 register_kit_models()
 
 if __name__ == "__main__":
     watch_lifeline()
+    report_phase(
+        "starting the server: its scheduler and detokenizer import SGLang, load the model, allocate the KV cache"
+    )
     serving.run_http_server(make_server_args(**serving.hosted_server_args(json.loads(sys.argv[1]))))

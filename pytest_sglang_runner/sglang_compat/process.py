@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import logging
 import os
 
 from ..errors import UnsupportedSGLang
@@ -28,6 +29,20 @@ _IMPORTED_ON_A_CLEAN_STACK = (
     "sglang.srt.layers.attention.torch_native_backend",
     "sglang.srt.layers.attention.triton_backend",
 )
+
+
+# Types of SGLang's SWIG-built dependencies (SWIG < 4.3) warn at their import and again at the
+# interpreter's exit (``sys:1: DeprecationWarning: builtin type swigvarlink has no __module__
+# attribute``): nothing a user can act on. As a pytest ``filterwarnings`` line, and as a filter.
+SWIG_WARNING_FILTER = "ignore:builtin type swig:DeprecationWarning"
+
+
+def ignore_swig_warnings() -> None:
+    """Install the filter process-wide; after pytest's last ``catch_warnings`` (which would drop
+    it again), so that it still holds when the interpreter exits."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="builtin type swig", category=DeprecationWarning)
 
 
 def prepare_process(device: str) -> None:
@@ -141,7 +156,25 @@ def import_sglang() -> None:
             raise UnsupportedSGLang(_not_installed()) from None
         raise error
     _freeze_the_imported_heap()
+    drop_torch_trace_records()
     _imported = True
+
+
+def _drop(record: logging.LogRecord) -> bool:
+    return False
+
+
+def drop_torch_trace_records() -> None:
+    """torch's ``torch.__trace`` logger writes empty DEBUG records for tlparse (hundreds in a TP
+    build) and never propagates; pytest attaches its log capture to every logger that does not
+    propagate, so with torch imported before a test starts they all land in its captured log.
+    Without a trace directory (``TORCH_TRACE``, ``TORCH_DTRACE``, ``TORCH_COMPILE_DEBUG=1``)
+    nothing reads them: dropped at the logger."""
+    if os.environ.get("TORCH_TRACE") or os.environ.get("TORCH_DTRACE") or os.environ.get("TORCH_COMPILE_DEBUG") == "1":
+        return
+    trace = logging.getLogger("torch.__trace")
+    if _drop not in trace.filters:
+        trace.addFilter(_drop)
 
 
 def _freeze_the_imported_heap() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import difflib
 import functools
+import importlib.util
 import inspect
 import json
 import os
@@ -77,6 +80,82 @@ def cached_schema() -> Schema | None:
         return None
 
 
+def _tag_of_source(annotation: ast.expr) -> str:
+    """`_type_tag` of an annotation as written: ``A[Optional[int], help]``, ``Optional[int]``,
+    ``Union[int, None]`` and ``int | None`` are int."""
+    while True:
+        if isinstance(annotation, ast.BinOp) and isinstance(annotation.op, ast.BitOr):  # X | None
+            parts = [annotation.left, annotation.right]
+        elif isinstance(annotation, ast.Subscript):
+            outer = ast.unparse(annotation.value).rsplit(".", 1)[-1]
+            inner = annotation.slice
+            if outer in ("A", "Annotated"):
+                annotation = inner.elts[0] if isinstance(inner, ast.Tuple) else inner
+                continue
+            if outer in ("List", "list", "Dict", "dict"):
+                return "json"
+            if outer == "Optional":
+                parts = [inner]
+            elif outer == "Union":
+                parts = list(inner.elts) if isinstance(inner, ast.Tuple) else [inner]
+            else:
+                return "str"
+        else:
+            break
+        kept = [part for part in parts if ast.unparse(part) not in ("None", "NoneType", "type(None)")]
+        if len(kept) != 1:
+            return "str"
+        annotation = kept[0]
+    text = ast.unparse(annotation).strip("'\"")
+    return text if text in ("bool", "int", "float") else "json" if text in ("list", "dict", "List", "Dict") else "str"
+
+
+@functools.cache
+def source_schema() -> Schema | None:
+    """ServerArgs' field names and types read from the installed SGLang's source with `ast`, in
+    milliseconds and without importing it (importing SGLang costs seconds), so that a first run
+    stops at startup on an unknown field too. The fields live in ``server_args.py`` up to 0.5.22
+    and in ``arg_groups/fields/`` since 0.5.23. None when the layout is not one this knows."""
+    try:
+        spec = importlib.util.find_spec("sglang")
+        root = Path(next(iter(spec.submodule_search_locations or ()))) / "srt"
+        files = [root / "server_args.py", *sorted((root / "arg_groups" / "fields").glob("*.py"))]
+        tags: dict[str, str] = {}
+        for path in files:
+            for node in ast.parse(path.read_text()).body if path.exists() else ():
+                if not isinstance(node, ast.ClassDef) or (node.name != "ServerArgs" and path.parent.name != "fields"):
+                    continue
+                for stmt in node.body:
+                    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                        if "ClassVar" not in ast.unparse(stmt.annotation):
+                            tags[stmt.target.id] = _tag_of_source(stmt.annotation)
+    except (ImportError, ValueError, StopIteration, OSError, SyntaxError, AttributeError, TypeError):
+        return None
+    if not {"model_path", "tp_size", "mem_fraction_static", "chunked_prefill_size"} <= tags.keys():
+        return None  # a layout this does not know: better no check than a wrong one
+    return Schema(frozenset(tags), tags, {})
+
+
+def startup_schema() -> Schema | None:
+    """The best schema to be had without importing SGLang: the one a build saved, else the source's."""
+    return cached_schema() or source_schema()
+
+
+def close_names(name: str, names: Any) -> list[str]:
+    """The names ``name`` is probably a typo of, best first (a one-letter slip included)."""
+    names = sorted(names)
+    return difflib.get_close_matches(name, names, n=3, cutoff=0.75) or [n for n in names if name in n][:3]
+
+
+def unknown_field_text(key: str, schema: Schema, also: Any = ()) -> str | None:
+    """Why ``key`` is no ServerArgs field (with a did-you-mean among the fields and ``also``), or None."""
+    if key in schema.names:
+        return None
+    close = close_names(key, {*schema.names, *also})
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"SGLang {installed_version()} has no ServerArgs field {key!r}{hint}"
+
+
 def _server_args_schema() -> Schema:
     """The installed SGLang's ServerArgs (imports SGLang), saved for `cached_schema` where not saved yet."""
     schema = _installed_schema()
@@ -120,12 +199,9 @@ def typed_server_args(extra: dict[str, Any], schema: Schema | None = None) -> di
     schema = schema or _server_args_schema()
     typed = {}
     for key, raw in extra.items():
-        if key not in schema.names:
-            close = [name for name in sorted(schema.names) if key in name or name in key][:5]
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise SpecError(
-                f"--sglang-arg {key}=...: SGLang {installed_version()} has no ServerArgs field {key!r}{hint}"
-            )
+        problem = unknown_field_text(key, schema)
+        if problem is not None:
+            raise SpecError(f"--sglang-arg {key}=...: {problem}")
         typed[key] = _coerce(key, raw, schema.tags.get(key, "str"), schema.choices.get(key))
     return typed
 
