@@ -367,7 +367,7 @@ def test_the_embedded_model_is_written_once_per_machine_and_cleared_on_request(
     weights = (
         tmp_path / "xdg" / "pytest-sglang-runner" / "models" / bytes_key() / "embedded-roberta" / "model.safetensors"
     )
-    stamps, seconds = [], []
+    stamps, seconds, said = [], [], []
     for args in ([], [], ["--sglang-clear-cache"]):
         started = time.perf_counter()
         result = pytester.runpytest_subprocess(
@@ -376,7 +376,11 @@ def test_the_embedded_model_is_written_once_per_machine_and_cleared_on_request(
         seconds.append(time.perf_counter() - started)
         result.assert_outcomes(passed=1)
         stamps.append(weights.stat().st_mtime_ns)
+        said.append(
+            "sglang-runner: writing the embedded model embedded-roberta (once per machine" in result.stdout.str()
+        )
     assert stamps[0] == stamps[1] != stamps[2]
+    assert said == [True, False, True]  # the runs that write it say so
     for name, value in zip(("first_run_s", "second_run_s", "cleared_run_s"), seconds):
         record_property(name, round(value, 1))
 
@@ -402,3 +406,11 @@ def test_sglang_import_warnings_stay_out_and_the_projects_own_show(pytester, mon
     # The test that happened to build the runner does not carry SGLang's build log and progress bars.
     failure = result.stdout.str().split("FAILURES")[1].split("warnings summary")[0]
     assert "fails on purpose" in failure and "Captured" not in failure, failure
+    # A first run says what its first build waits for, while it waits (before the test's result).
+    result.stdout.fnmatch_lines(
+        [
+            "*sglang-runner: importing SGLang for this process's first build (model=embedded-roberta*",
+            "*sglang-runner: built in * s (later builds in this process skip the import)*",
+            "F *[[]100%[]]",  # the test's result comes after them
+        ]
+    )

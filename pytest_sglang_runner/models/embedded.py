@@ -159,9 +159,15 @@ def bytes_key() -> str:
     return "-".join(f"{package.split('-')[0]}{installed(package)}" for package in KEYED_BY).replace("+", "_")
 
 
-def ensure_embedded_model(root: Path, name: str = "embedded-roberta") -> Path:
+def embedded_model_written(root: Path, name: str) -> bool:
+    """Whether ``name`` is already in the cache under ``root`` (another process may be writing it)."""
+    return (Path(root) / bytes_key() / name / "model.safetensors").is_file()
+
+
+def ensure_embedded_model(root: Path, name: str = "embedded-roberta", announce=None) -> Path:
     """The embedded model ``name`` under ``root/bytes_key()``, written by the first process to get
-    there (file-locked) and reused after."""
+    there (file-locked) and reused after. ``announce(text)`` is told when this call writes it
+    (seconds, embedded-llama's training up to a minute on a loaded machine)."""
     from filelock import FileLock
 
     writer = _writers()[name]
@@ -175,6 +181,8 @@ def ensure_embedded_model(root: Path, name: str = "embedded-roberta") -> Path:
                 import shutil
 
                 shutil.rmtree(staging)
+            if announce is not None:
+                announce(f"writing the embedded model {name} (once per machine, under {root})")
             writer(staging)
             staging.rename(target)
     return target

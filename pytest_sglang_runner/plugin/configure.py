@@ -110,9 +110,10 @@ def pytest_configure(config: pytest.Config) -> None:
         worker_index=devices.xdist_worker_index(),
         project_root=config.rootpath,
         timeout_s=limit,
+        progress=progress_writer(config),
     )
     config.stash[factory_key] = factory
-    config.stash[services_key] = services = ServiceFactory(factory, progress=progress_writer(config))
+    config.stash[services_key] = services = ServiceFactory(factory, progress=factory.progress)
     config.stash[factory_fixtures_key] = factory_fixtures = FactoryFixtures()
     config.pluginmanager.register(factory_fixtures, "sglang-runner-factory-fixtures")  # sees every conftest as it loads
     config.add_cleanup(ports.sweep_stale_lock_files)  # runs after factory.close: files of crashed peers too

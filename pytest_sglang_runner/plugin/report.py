@@ -29,7 +29,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 def progress_writer(config: pytest.Config) -> Callable[[str], None]:
     """``sglang-runner: ...`` lines on the terminal as they come, past pytest's output capture (as
     ``--setup-show`` writes), so a start of a minute is not a minute of silence; none under
-    ``-q``. An xdist worker has no terminal of its own: its lines go to its stderr."""
+    ``-q``. An xdist worker has no terminal of its own: its lines go to its stderr, each on a line
+    of its own with the worker's id."""
 
     def write(text: str) -> None:
         if config.get_verbosity() < 0:
@@ -40,8 +41,9 @@ def progress_writer(config: pytest.Config) -> Callable[[str], None]:
         with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
             if reporter is not None and not hasattr(config, "workerinput"):
                 reporter.write_line(line)
-            else:
-                sys.stderr.write(line + "\n")
+            else:  # the controller prints it among its progress dots: a line of its own, named
+                worker = getattr(config, "workerinput", {}).get("workerid")
+                sys.stderr.write(f"\n[{worker}] {line}\n" if worker else f"{line}\n")
                 sys.stderr.flush()
 
     return write

@@ -115,6 +115,7 @@ class RunnerFactory:
     last_build_log: str = ""  # SGLang's log lines and progress bars of the last build (shown with -v when it fails)
     timeout_s: float = timeouts.DEFAULT_SECONDS  # the run's limit per build, forward, teardown (0: none)
     records: list[BuildRecord] = field(default_factory=list)
+    progress: Callable[[str], None] = lambda text: None  # told what a slow first build waits for
     _live: LiveRunner | None = None
     _failed: dict = field(default_factory=dict)
     _hf_models: dict = field(default_factory=dict)
@@ -145,6 +146,9 @@ class RunnerFactory:
             failure = self._failed[spec]
             raise type(failure)(str(failure)) from failure.__cause__
         self.close(timeout=limit)
+        # Said before the build's log takes the output (a line written inside it would undo that).
+        first = not process.sglang_imported()
+        self._announce_slow_steps(spec, first)
         try:
             with quiet_build(self.project_root) as log:
                 try:
@@ -155,8 +159,24 @@ class RunnerFactory:
             drop_frames(exc)  # remembered below: keep no frame of the build alive
             self._failed[spec] = exc
             raise
+        if first:
+            self.progress(f"built in {self._live.record.seconds:.1f} s (later builds in this process skip the import)")
         self._live.forward.timeout_s = limit
         return self._live
+
+    def _announce_slow_steps(self, spec: RunnerSpec, first: bool) -> None:
+        """What a build about to start waits for: the embedded model's writing, SGLang's import."""
+        from ..models.embedded import embedded_model_written
+
+        if (
+            spec.uses_embedded_model
+            and spec not in self._plans
+            and not embedded_model_written(self.cache_root, spec.model)
+        ):
+            self.progress(f"writing the embedded model {spec.model} (once per machine)")
+        if first:
+            peers = f"; its {spec.tp - 1} TP peer rank(s) import it too" if spec.tp > 1 else ""
+            self.progress(f"importing SGLang for this process's first build ({spec.describe()}){peers}")
 
     def close(self, timeout: float | None = None, broken: bool = False) -> None:
         """Tear the live runner down (no-op when none is alive), within ``timeout`` seconds (default:
@@ -192,7 +212,9 @@ class RunnerFactory:
     def model_path(self, spec: RunnerSpec | None = None) -> str:
         """The spec's local model directory (the embedded model written on first use); no device needed."""
         spec = spec or self.default_spec
-        return self._plans[spec].model_path if spec in self._plans else resolve_model_path(spec, self.cache_root)
+        if spec in self._plans:
+            return self._plans[spec].model_path
+        return resolve_model_path(spec, self.cache_root, self.progress)
 
     def hf_model(self, model_path: str):
         """The checkpoint in HF transformers with the architecture its config names (fp32, eval)."""

@@ -32,12 +32,13 @@ def model_config(model_path: str) -> dict:
         return {}
 
 
-def resolve_model_path(spec: RunnerSpec, cache_root: Path) -> str:
-    """A local model directory: the embedded model, the given directory, or a cached hub snapshot."""
+def resolve_model_path(spec: RunnerSpec, cache_root: Path, announce=None) -> str:
+    """A local model directory: the embedded model (``announce`` is told when it is written), the
+    given directory, or a cached hub snapshot."""
     if spec.uses_embedded_model:
         from ..models.embedded import ensure_embedded_model
 
-        return str(ensure_embedded_model(cache_root, spec.model))
+        return str(ensure_embedded_model(cache_root, spec.model, announce))
     if os.path.isdir(spec.model):
         return spec.model
     snapshot = cached_hub_snapshot(spec.model)
@@ -69,10 +70,10 @@ class BuildPlan:
     config: dict = field(compare=False, repr=False)
 
     @classmethod
-    def resolve(cls, spec: RunnerSpec, cache_root: Path, worker_index: int = 0) -> BuildPlan:
+    def resolve(cls, spec: RunnerSpec, cache_root: Path, worker_index: int = 0, announce=None) -> BuildPlan:
         device = devices.resolve_device(spec.device)
         gpu_ids = devices.gpu_ids_for_worker(worker_index, spec.tp) if device == "cuda" else [0] * spec.tp
-        model_path = resolve_model_path(spec, cache_root)
+        model_path = resolve_model_path(spec, cache_root, announce)
         config = model_config(model_path)
         return cls(spec, model_path, device, tuple(gpu_ids), resolve_dtype(spec.dtype, config), config)
 

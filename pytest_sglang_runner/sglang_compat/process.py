@@ -118,6 +118,11 @@ def detect_api() -> str:
 _imported = False
 
 
+def sglang_imported() -> bool:
+    """Whether `import_sglang` has run in this process (the first build pays its seconds)."""
+    return _imported
+
+
 def import_sglang() -> None:
     """Import SGLang's runner modules on a thread of their own, once.
 
