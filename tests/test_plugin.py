@@ -151,7 +151,9 @@ def test_plain_last():
 
 
 def _collected(result) -> list[str]:
-    return [line.strip().split("::")[-1] for line in result.outlines if "::" in line]
+    """The tests in the order they ran (a progress line between a test's id and its result makes
+    pytest write the id again: counted once)."""
+    return list(dict.fromkeys(line.strip().split("::")[-1] for line in result.outlines if "::" in line))
 
 
 def test_only_runner_tests_are_regrouped_and_marked(pytester):
@@ -254,12 +256,15 @@ def test_plain(i):
 """
 
 
+NO_BUILD = ("--sglang-device", "cpu")  # nothing is built: two workers need no two GPUs
+
+
 def test_node_ids_round_trip_under_xdist_and_the_config_stays_on_one_worker(pytester):
     """Under -n 2 a non-default config's tests are reported by their plain node ids (not
     ``ID@sglang-config-HASH``), so --lf, a pasted id and --deselect find them, while the config's
     tests still run on one worker. runner_factory marks a test as a runner test without building."""
     pytester.makepyfile(test_lf=LAST_FAILED)
-    first = pytester.runpytest_subprocess("-n", "2", "-v")
+    first = pytester.runpytest_subprocess("-n", "2", "-v", *NO_BUILD)
     first.assert_outcomes(passed=11, failed=1)
     assert not [line for line in first.outlines if "@" in line and "::" in line], first.outlines
     first.stdout.fnmatch_lines(["FAILED test_lf.py::test_fails - assert False"])
@@ -270,13 +275,15 @@ def test_node_ids_round_trip_under_xdist_and_the_config_stays_on_one_worker(pyte
     ]
     assert len(ran) == 6 and len({line.split("]")[0] for line in ran}) == 1, ran  # one worker ran the config
 
-    again = pytester.runpytest_subprocess("-n", "2", "--lf")
+    again = pytester.runpytest_subprocess("-n", "2", "--lf", *NO_BUILD)
     again.assert_outcomes(failed=1)
     again.stdout.fnmatch_lines(["2 workers [[]1 item[]]"])  # the failure alone was collected
     assert "not in selected tests" not in again.stdout.str()
 
-    pytester.runpytest_subprocess("-n", "2", "test_lf.py::test_fails").assert_outcomes(failed=1)
-    pytester.runpytest_subprocess("-n", "2", "--deselect", "test_lf.py::test_fails").assert_outcomes(passed=11)
+    pytester.runpytest_subprocess("-n", "2", "test_lf.py::test_fails", *NO_BUILD).assert_outcomes(failed=1)
+    pytester.runpytest_subprocess("-n", "2", "--deselect", "test_lf.py::test_fails", *NO_BUILD).assert_outcomes(
+        passed=11
+    )
 
 
 def test_a_bad_factory_setting_is_a_usage_error(pytester):
