@@ -31,7 +31,7 @@ from ..sglang_compat import bootstrap, process
 from .build import build_rank
 from .build_errors import build_failure, drop_frames, port_taken_by_another_process
 from .forward import Forward
-from .live import BuildRecord, LiveRunner, other_settings
+from .live import BuildRecord, LiveRunner
 from .peers import RankPeers
 from .plan import BuildPlan, resolve_model_path
 from .quiet import quiet_build
@@ -294,16 +294,7 @@ class RunnerFactory:
                 if isinstance(exc, SpecError):
                     raise
                 raise build_failure(plan, exc) from exc
-        record = BuildRecord(
-            model=plan.model_path,
-            device=plan.device_label,
-            sglang_version=version,
-            dtype=plan.dtype,
-            attention_backend=plan.attention_backend,
-            tp=spec.tp,
-            seconds=time.perf_counter() - started,
-            settings=other_settings(spec),
-        )
+        record = BuildRecord.of(plan, version, time.perf_counter() - started)
         self.records.append(record)
         forward = Forward(runner, model_path=plan.model_path, mirror=peers.mirror if peers else None)
         return LiveRunner(plan, runner, forward, reservations, peers, record)

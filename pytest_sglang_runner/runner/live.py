@@ -27,6 +27,21 @@ class BuildRecord:
     seconds: float
     settings: str = ""  # what else sets this config apart (`other_settings`): two configs, two summary lines
 
+    @classmethod
+    def of(cls, plan: BuildPlan, sglang_version: str, seconds: float = 0.0, **more: Any):
+        """The record of ``plan``'s config (a subclass's own fields in ``more``)."""
+        return cls(
+            model=plan.model_path,
+            device=plan.device_label,
+            sglang_version=sglang_version,
+            dtype=plan.dtype,
+            attention_backend=plan.attention_backend,
+            tp=plan.spec.tp,
+            seconds=seconds,
+            settings=other_settings(plan.spec),
+            **more,
+        )
+
 
 def other_settings(spec) -> str:
     """The spec's settings that the summary's model, device, dtype, backend and tp leave out,

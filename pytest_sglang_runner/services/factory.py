@@ -14,26 +14,18 @@ from .. import ports, timeouts
 from ..errors import ServiceError, ServiceRestarted
 from ..options import RunnerSpec
 from ..runner.factory import RunnerFactory
-from ..runner.live import other_settings
+from ..runner.live import BuildRecord
 from ..sglang_compat.process import installed_version
 from .engine import EngineService
 from .server import ServerService
 
 
-@dataclass
-class ServiceRecord:
-    """What the terminal summary reports about one start of an Engine or server: the config (as a
-    runner's `BuildRecord` names it), how long the start took, whether it failed, and the stop."""
+@dataclass(kw_only=True)
+class ServiceRecord(BuildRecord):
+    """What the terminal summary reports about one start of an Engine or server: the config, as a
+    runner's `BuildRecord` names it, with ``seconds`` the start's; whether it failed, and the stop."""
 
     service: str  # "Engine" or "server"
-    model: str
-    device: str
-    sglang_version: str
-    dtype: str
-    attention_backend: str
-    tp: int
-    settings: str
-    seconds: float = 0.0
     failed: bool = False
     stop_seconds: float | None = None
 
@@ -117,16 +109,8 @@ class ServiceFactory:
         return slot.live
 
     def _record(self, name: str, spec: RunnerSpec) -> ServiceRecord:
-        plan = self.runners.plan(spec)
-        record = ServiceRecord(
-            service="Engine" if name == "sglang_engine" else "server",
-            model=plan.model_path,
-            device=plan.device_label,
-            sglang_version=installed_version(),
-            dtype=plan.dtype,
-            attention_backend=plan.attention_backend,
-            tp=spec.tp,
-            settings=other_settings(spec),
+        record = ServiceRecord.of(
+            self.runners.plan(spec), installed_version(), service="Engine" if name == "sglang_engine" else "server"
         )
         self.records.append(record)
         return record

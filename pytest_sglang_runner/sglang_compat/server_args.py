@@ -72,11 +72,21 @@ def _schema_cache_path(version: str) -> Path:
 
 
 def cached_schema() -> Schema | None:
-    """The schema saved by an earlier build with this SGLang version, read without importing SGLang."""
+    """The schema saved by an earlier build with this SGLang version, read without importing SGLang
+    (parsed once per saved file: every marker's ServerArgs key is checked against it)."""
     try:
-        data = json.loads(_schema_cache_path(installed_version()).read_text())
+        path = _schema_cache_path(installed_version())
+        return _read_schema(str(path), path.stat().st_mtime_ns)
+    except (OSError, UnsupportedSGLang):
+        return None
+
+
+@functools.lru_cache(maxsize=4)
+def _read_schema(path: str, mtime_ns: int) -> Schema | None:
+    try:
+        data = json.loads(Path(path).read_text())
         return Schema(frozenset(data["names"]), data["tags"], data["choices"])
-    except (OSError, ValueError, KeyError, TypeError, UnsupportedSGLang):
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
