@@ -32,10 +32,12 @@ fi
 } 2>&1 | tee "$OUT/machine.txt"
 python3 -m pytest -p no:cacheprovider -W ignore -v -rs --durations=15 --junitxml="$OUT/junit_$label.xml" "${@:-tests}" 2>&1 \
   | tee "$OUT/pytest_gpu_$label.log"
+# MeZO: fixed shapes, then fresh batches of varying lengths (bench/mezo_step.py's docstring).
 if [ "${BENCH:-0}" = 1 ]; then
-  for dtype in bfloat16 float32; do
+  for dtype in ${BENCH_DTYPES:-bfloat16 float32}; do
     python3 bench/mezo_step.py --roberta-large-random --device cuda --dtype $dtype --attention-backend triton \
-      --shapes 16x128,64x48,64x128 --profile "$OUT/profile_mezo_$dtype.txt" 2>&1 \
+      --shapes "${BENCH_SHAPES:-16x128,64x48,64x128,16xsst2,16xrt,64xsst2}" --steps 40 --warmup 40 \
+      --profile "$OUT/profile_mezo_$dtype.txt" 2>&1 \
       | grep -vE '^(WARNING|INFO|\[)' | tee "$OUT/bench_mezo_$dtype.txt"
   done
 fi

@@ -14,7 +14,7 @@ NAME = PACKAGE.name
 
 # Lowest first. A module's layer is that of its first name under the package.
 LAYERS = (
-    ("leaves", {"errors", "results", "tokens", "model_io", "paths"}),
+    ("leaves", {"errors", "results", "tokens", "model_io", "paths", "buckets"}),
     ("version adapter", {"sglang_compat"}),
     ("settings and process helpers", {"options", "model_dir", "devices", "ports", "timeouts"}),
     ("models", {"models"}),

@@ -251,6 +251,11 @@ class TorchPasses:
         self.flat.sub_(lr * step)
         self._write(self.flat)
 
+    def update_and_perturb(self, seed: int, lr: float, grad: float, weight_decay: float, next_seed: int, scale: float):
+        """`update`, then `perturb` by the next step's z: the result of the two (one pass on CUDA)."""
+        self.update(seed, lr, grad, weight_decay)
+        self.perturb(next_seed, scale)
+
 
 class ShardedTorchPasses:
     """The torch passes where some views are shards of TP-sharded parameters (see `Shard`).
@@ -314,6 +319,8 @@ class ShardedTorchPasses:
             master.sub_(lr * step)
             model.copy_(master)
 
+    update_and_perturb = TorchPasses.update_and_perturb
+
 
 # ---------------------------------------------------------------------------------------------
 # The same passes as one Triton kernel launch each (CUDA)
@@ -356,6 +363,7 @@ class TritonPasses:
         lr: float = 0.0,
         grad: float = 0.0,
         weight_decay: float = 0.0,
+        next_seed: int = 0,
     ) -> None:
         from .triton_kernels import zo_pass
 
@@ -372,6 +380,8 @@ class TritonPasses:
             float(lr),
             float(grad),
             float(weight_decay),
+            next_seed & MASK32,
+            (next_seed >> 32) & MASK32,
             MODE=mode,
             TARGET_DTYPE=self.target_dtype,
             SEGMENTS=len(self.seg_numel),
@@ -389,6 +399,10 @@ class TritonPasses:
 
     def update(self, seed: int, lr: float, grad: float, weight_decay: float = 0.0) -> None:
         self._launch(2, seed, lr=lr, grad=grad, weight_decay=weight_decay)
+
+    def update_and_perturb(self, seed: int, lr: float, grad: float, weight_decay: float, next_seed: int, scale: float):
+        """One pass: the update's masters (bitwise `update`'s), and the model at them + scale * next z."""
+        self._launch(3, seed, scale=scale, lr=lr, grad=grad, weight_decay=weight_decay, next_seed=next_seed)
 
 
 def triton_available(device: torch.device) -> bool:

@@ -8,6 +8,7 @@ words (LM-BFF / MeZO's medium models). Both scorers run the LM head on the <mask
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
@@ -71,13 +72,17 @@ class SGLangMaskedLM:
     """The runner's RobertaForMaskedLM, called the way SGLang's graph runners call a model.
 
     Each batch is packed once (`sglang_compat.graphs.ModelCall`) and the LM head runs on its <mask>
-    rows only. ``graphs`` ("auto": where `sglang_compat.graphs.can_capture` says so): a batch whose
-    layout (sequence lengths) was seen before is captured in a CUDA graph, and later batches of
-    that layout are copied into it and replayed, so MeZO's two forwards per step cost two
-    launches. The last captured batch keeps its KV slots until the next layout or `close`.
+    rows only. ``padding`` ("auto": where graphs are on): each batch is padded to its size bucket
+    (`buckets.BucketLayout`) with filler sequences whose outputs nobody reads. ``graphs`` ("auto":
+    where `sglang_compat.graphs.can_capture` says so): the second batch of a bucket (of a layout,
+    without padding) is captured in a CUDA graph, and every later batch of it is copied into that
+    graph and replayed, so MeZO's two forwards per step cost two launches whatever the lengths.
+    Captured calls share one memory pool and hold no KV slots; at most ``max_graphs`` are kept.
     """
 
-    def __init__(self, model_runner, *, graphs: str | bool = "auto"):
+    def __init__(
+        self, model_runner, *, graphs: str | bool = "auto", padding: str | bool = "auto", max_graphs: int = 32
+    ):
         from ..sglang_compat import graphs as sglang_graphs
         from .roberta_views import roberta_sglang_views
 
@@ -86,8 +91,15 @@ class SGLangMaskedLM:
         self._check_no_prefix_reuse()
         self.views = roberta_sglang_views(model_runner.model, model_runner.model_config.hf_config)
         self.graphs = sglang_graphs.can_capture(model_runner) if graphs == "auto" else bool(graphs)
-        self._captured = None  # the ModelCall whose graph is kept
+        self.padding = self.graphs if padding == "auto" else bool(padding)
+        if self.graphs and self.padding and not sglang_graphs.attention_takes_kv_directly(model_runner):
+            raise ValueError("padded batches are captured only where attention reads k and v as given (triton)")
+        config = model_runner.model_config.hf_config
+        self.filler_token = next(t for t in (config.bos_token_id, 0, 2) if t is not None and t != config.pad_token_id)
+        self.max_graphs = max_graphs
+        self._captured: OrderedDict[tuple[int, ...], Any] = OrderedDict()  # key -> captured ModelCall
         self._seen: set[tuple[int, ...]] = set()
+        self._pool = None
 
     def _check_no_prefix_reuse(self) -> None:
         # KV computed under perturbed weights must never be served from a prefix cache.
@@ -100,47 +112,59 @@ class SGLangMaskedLM:
             )
 
     @property
-    def captured_layout(self) -> tuple[int, ...] | None:
-        """The sequence lengths of the batch held as a CUDA graph, if any."""
-        return None if self._captured is None else self._captured.layout
+    def captured_keys(self) -> list[tuple[int, ...]]:
+        """The buckets (layouts, without padding) held as CUDA graphs, oldest first."""
+        return list(self._captured)
 
     def prepare(self, token_lists, mask_positions):
         from ..runner import limits
         from ..sglang_compat import graphs as sglang_graphs
 
         token_lists = [list(ids) for ids in token_lists]
-        layout = tuple(len(ids) for ids in token_lists)
-        starts = [0, *itertools.accumulate(layout)][:-1]
+        lengths = tuple(len(ids) for ids in token_lists)
+        starts = [0, *itertools.accumulate(lengths)][:-1]
         rows = [start + position for start, position in zip(starts, mask_positions)]
-        if self._captured is not None and self._captured.layout == layout:
-            limits.check_token_ids(token_lists, self.runner.model_config.vocab_size)  # the layout was checked
-            self._captured.load(token_lists, rows)
-            return self._captured
-        self.close()  # one batch holds KV slots at a time
-        limits.check_batch(self.runner, token_lists)
-        call = sglang_graphs.ModelCall(self.runner, token_lists, rows)
-        if self.graphs and layout in self._seen:
-            call.capture()
-            self._captured = call
-        self._seen.add(layout)
+        bucket = sglang_graphs.bucket_of(self.runner, lengths) if self.padding else None
+        key = lengths if bucket is None else bucket.key
+        captured = self._captured.get(key)
+        if captured is not None:
+            limits.check_token_ids(token_lists, self.runner.model_config.vocab_size)  # the sizes were checked
+            captured.load(token_lists, rows)
+            self._captured.move_to_end(key)
+            return captured
+        packed_lists = token_lists if bucket is None else bucket.pad(token_lists, self.filler_token)
+        if bucket is None:
+            self.close()  # a captured layout holds its KV slots: one at a time
+        limits.check_batch(self.runner, packed_lists)
+        call = sglang_graphs.ModelCall(self.runner, token_lists, rows, bucket=bucket, filler_token=self.filler_token)
+        if self.graphs and key in self._seen:
+            self._capture(key, call)
+        self._seen.add(key)
         return call
+
+    def _capture(self, key, call) -> None:
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        call.capture(self._pool)
+        self._captured[key] = call
+        while len(self._captured) > self.max_graphs:
+            self._captured.popitem(last=False)[1].release()
 
     @torch.no_grad()
     def mask_logits(self, prepared):
         return prepared().logits
 
     def release(self, prepared) -> None:
-        if prepared is not self._captured:
+        if prepared.graph is None:
             prepared.release()
 
     def weights_changed(self) -> None:
         self._check_no_prefix_reuse()
 
     def close(self) -> None:
-        """Drop the captured batch and its KV slots (the runner is the session's; it stays)."""
-        if self._captured is not None:
-            self._captured.release()
-            self._captured = None
+        """Drop the captured batches (and a captured layout's KV slots; the runner is the session's)."""
+        while self._captured:
+            self._captured.popitem()[1].release()
 
 
 @dataclass(frozen=True)
@@ -168,6 +192,14 @@ class PromptObjective:
     def scores(self, prepared) -> torch.Tensor:
         batch, _ = prepared
         return self.lm.mask_logits(batch)[:, self.label_word_ids].float()
+
+    def loss_tensor(self, prepared) -> torch.Tensor:
+        """The mean cross-entropy on the device (MeZO reads both losses of a step in one sync)."""
+        return F.cross_entropy(self.scores(prepared), prepared[1])
+
+    def example_losses(self, prepared) -> torch.Tensor:
+        """Each example's cross-entropy, ``[batch]`` (what padding must never change)."""
+        return F.cross_entropy(self.scores(prepared), prepared[1], reduction="none")
 
     def loss(self, prepared) -> tuple[float, float]:
         """(mean cross-entropy, accuracy) of the prepared batch at the current weights: one host sync."""

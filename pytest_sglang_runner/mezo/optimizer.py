@@ -11,13 +11,18 @@ The reference's four verbs (princeton-nlp/MeZO ``large_models/trainer.py``):
 
 `MeZO.step` is ``zo_step`` + ``zo_update`` with the last restore folded into the update (it
 writes the updated masters into the model, which is the restore too): three weight passes a
-step instead of four, bitwise the same weights. `train` runs it.
+step instead of four, bitwise the same weights. ``step(..., defer_update=True)``, as `train`
+runs it, also folds the update into the next step's first perturbation (one pass writes the
+updated masters and the model at them + eps z'): two passes a step, bitwise the same masters
+and losses; the model stays perturbed until `flush_update` (or the next step) applies it.
 """
 
 from __future__ import annotations
 
 import random
 from typing import Callable, Sequence
+
+import torch
 
 from .checkpoint import Checkpoint, History
 from .params import Masters, ParamView, fingerprint
@@ -55,6 +60,7 @@ class MeZO:
         self.projected_grad: float | None = None
         self._seeds = random.Random(seed)
         self.history = History()
+        self._pending: tuple[int, float] | None = None  # a deferred update's (seed, g)
         self.checkpoint = Checkpoint(self.fingerprint(), self.names, lr, eps, weight_decay)
         self.global_step = 0
 
@@ -67,6 +73,7 @@ class MeZO:
 
     def zo_perturb_parameters(self, scaling_factor: float = 1.0, random_seed: int | None = None) -> None:
         """theta <- theta + scaling_factor * eps * z: the model gets ``master + offset * eps * z``."""
+        self.flush_update()
         seed = self.zo_random_seed if random_seed is None else random_seed
         self.offset += scaling_factor
         if self.offset == 0.0:
@@ -81,22 +88,43 @@ class MeZO:
         return loss
 
     def _two_losses(self, examples: Sequence) -> tuple[float, float]:
-        """A new seed; loss at theta + eps z and at theta - eps z (weights left at -eps z)."""
+        """A new seed; loss at theta + eps z and at theta - eps z (weights left at -eps z).
+
+        The first weight pass is launched before the batch is prepared (the device runs it while
+        the host packs the batch), and both losses come back in one host sync.
+        """
         self.zo_random_seed = self._seeds.randrange(1_000_000_000)
-        prepared = self.objective.prepare(examples)  # one batch, both forwards
+        prepared = None
         try:
-            self.zo_perturb_parameters(scaling_factor=1)
-            loss1 = self.zo_forward(prepared)
+            self._first_perturbation()
+            prepared = self.objective.prepare(examples)  # one batch, both forwards
+            loss1 = self._loss_on_device(prepared)
             self.zo_perturb_parameters(scaling_factor=-2)
-            loss2 = self.zo_forward(prepared)
+            loss2 = self._loss_on_device(prepared)
+            loss1, loss2 = torch.stack([loss1, loss2]).tolist()
         except BaseException:
             self.offset = 0.0
             self._masters.passes.restore()  # a failed forward never leaves the model perturbed
             raise
         finally:
-            self.objective.release(prepared)
+            if prepared is not None:
+                self.objective.release(prepared)
         self.projected_grad = (loss1 - loss2) / (2 * self.eps)
         return loss1, loss2
+
+    def _first_perturbation(self) -> None:
+        if self._pending is None:
+            self.zo_perturb_parameters(scaling_factor=1)
+            return
+        seed, grad = self._pending  # the last step's update and this step's first perturbation, in one pass
+        self._masters.passes.update_and_perturb(seed, self.lr, grad, self.weight_decay, self.zo_random_seed, self.eps)
+        self._pending, self.offset = None, 1.0
+        self.on_weights_changed()
+
+    def _loss_on_device(self, prepared) -> torch.Tensor:
+        """The loss without a host sync where the objective offers it (`PromptObjective.loss_tensor`)."""
+        on_device = getattr(self.objective, "loss_tensor", None)
+        return on_device(prepared) if on_device is not None else torch.tensor(self.zo_forward(prepared))
 
     def zo_step(self, examples: Sequence) -> float:
         """Estimate the projected gradient on one batch; returns loss at theta + eps z."""
@@ -106,6 +134,7 @@ class MeZO:
 
     def zo_update(self, random_seed: int | None = None, projected_grad: float | None = None) -> None:
         """theta <- theta - lr * (g z + wd theta), z regenerated from the step's seed."""
+        self.flush_update()
         assert self.offset == 0.0, "zo_update runs on unperturbed weights"
         seed = self.zo_random_seed if random_seed is None else random_seed
         grad = self.projected_grad if projected_grad is None else projected_grad
@@ -114,17 +143,37 @@ class MeZO:
         self.checkpoint.steps.append((seed, grad))
         self.global_step += 1
 
-    def step(self, examples: Sequence) -> float:
-        """`zo_step` then `zo_update`, the restore done by the update's write; returns loss at theta + eps z."""
+    def step(self, examples: Sequence, defer_update: bool = False) -> float:
+        """`zo_step` then `zo_update`, the restore done by the update's write; returns loss at theta + eps z.
+
+        ``defer_update``: leave the update pending (the model at theta - eps z) for the next step's
+        first pass; `flush_update` applies it alone. The checkpoint and `global_step` count it now.
+        """
         loss1, _ = self._two_losses(examples)
+        if defer_update:
+            self._pending = (self.zo_random_seed, self.projected_grad)
+            self.offset = -1.0
+            self.checkpoint.steps.append(self._pending)
+            self.global_step += 1
+            return loss1
         self.offset = 0.0  # the update below writes the new masters into every tensor
         self.zo_update()
         return loss1
+
+    def flush_update(self) -> None:
+        """Apply a deferred update (masters and model): the weights every reader expects."""
+        if self._pending is None:
+            return
+        (seed, grad), self._pending = self._pending, None
+        self._masters.passes.update(seed, self.lr, grad, self.weight_decay)
+        self.offset = 0.0
+        self.on_weights_changed()
 
     # ---- driving a run --------------------------------------------------------------------
 
     def evaluate(self, examples: Sequence, batch_size: int = 64) -> tuple[float, float]:
         """(mean loss, accuracy) over ``examples`` at the unperturbed weights."""
+        self.flush_update()
         total_loss = total_correct = 0.0
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
@@ -161,16 +210,27 @@ class MeZO:
     ) -> History:
         """``steps`` MeZO steps; evaluates on ``eval_examples`` every ``eval_every`` steps and at the end.
 
-        ``until(self)``, asked after each evaluation, ends the run early when it returns True.
+        ``until(self)``, asked after each evaluation, ends the run early when it returns True. Each
+        update is folded into the next step's first pass; the last one is applied before returning.
         """
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=steps, desc="MeZO", unit="step")
+        try:
+            return self._train(
+                train_examples, steps, batch_size, eval_examples, eval_every, on_eval, until, bar, data_seed
+            )
+        finally:
+            self.flush_update()
+            if bar is not None:
+                bar.close()
+
+    def _train(self, train_examples, steps, batch_size, eval_examples, eval_every, on_eval, until, bar, data_seed):
         batches = self.batches(train_examples, batch_size, data_seed)
         for _ in range(steps):
-            loss = self.step(next(batches))
+            loss = self.step(next(batches), defer_update=True)
             h = self.history
             h.step.append(self.global_step)
             h.loss.append(loss)
@@ -190,13 +250,12 @@ class MeZO:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        if bar is not None:
-            bar.close()
         return self.history
 
     # ---- checkpoints ----------------------------------------------------------------------
 
     def fingerprint(self) -> str:
+        self.flush_update()
         return fingerprint(self.names, self.masters)
 
     def replay(self, checkpoint: Checkpoint) -> None:

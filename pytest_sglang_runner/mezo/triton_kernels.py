@@ -51,7 +51,29 @@ def segment_of(pid, first_block_ptr, SEGMENTS: tl.constexpr, SEARCH_STEPS: tl.co
     return lo
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "scale", "lr", "grad", "weight_decay"])
+@triton.jit
+def normals(start, seg, seed_lo, seed_hi, BLOCK: tl.constexpr, ROUNDS: tl.constexpr, FAST_MATH: tl.constexpr):
+    """z for elements ``start .. start + BLOCK`` of segment ``seg``: element 4k + lane from counter k."""
+    k = start // 4 + tl.arange(0, BLOCK // 4)
+    zero = (k * 0).to(tl.uint32)
+    x0, x1, x2, x3 = philox(
+        k.to(tl.uint32),
+        (k >> 32).to(tl.uint32),
+        seg.to(tl.uint32) + zero,
+        zero,
+        seed_lo.to(tl.uint32) + zero,
+        seed_hi.to(tl.uint32) + zero,
+        ROUNDS,
+    )
+    log01, sin01, cos01 = log_sin_cos(uniform(x0), uniform(x1), FAST_MATH)
+    log23, sin23, cos23 = log_sin_cos(uniform(x2), uniform(x3), FAST_MATH)
+    r01 = tl.sqrt_rn(-2.0 * log01)
+    r23 = tl.sqrt_rn(-2.0 * log23)
+    lanes = tl.join(tl.join(r01 * cos01, r23 * cos23), tl.join(r01 * sin01, r23 * sin23))
+    return tl.reshape(lanes, [BLOCK])  # lanes in order cos01, sin01, cos23, sin23
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "scale", "lr", "grad", "weight_decay", "next_lo", "next_hi"])
 def zo_pass(
     flat_ptr,  # fp32 masters
     first_block_ptr,  # int32 [segments + 1]: the first program of each segment, then the total
@@ -65,7 +87,9 @@ def zo_pass(
     lr,
     grad,
     weight_decay,
-    MODE: tl.constexpr,  # 0 perturb, 1 restore, 2 update
+    next_lo,  # MODE 3: the seed of the perturbation that follows the update
+    next_hi,
+    MODE: tl.constexpr,  # 0 perturb, 1 restore, 2 update, 3 update then perturb (by ``scale``, next seed)
     TARGET_DTYPE: tl.constexpr,
     SEGMENTS: tl.constexpr,
     SEARCH_STEPS: tl.constexpr,
@@ -85,27 +109,15 @@ def zo_pass(
     if MODE == 1:
         tl.store(target_ptr + offs, master.to(TARGET_DTYPE), mask=in_range)
     else:
-        k = start // 4 + tl.arange(0, BLOCK // 4)
-        zero = (k * 0).to(tl.uint32)
-        x0, x1, x2, x3 = philox(
-            k.to(tl.uint32),
-            (k >> 32).to(tl.uint32),
-            seg.to(tl.uint32) + zero,
-            zero,
-            seed_lo.to(tl.uint32) + zero,
-            seed_hi.to(tl.uint32) + zero,
-            ROUNDS,
-        )
-        log01, sin01, cos01 = log_sin_cos(uniform(x0), uniform(x1), FAST_MATH)
-        log23, sin23, cos23 = log_sin_cos(uniform(x2), uniform(x3), FAST_MATH)
-        r01 = tl.sqrt_rn(-2.0 * log01)
-        r23 = tl.sqrt_rn(-2.0 * log23)
-        lanes = tl.join(tl.join(r01 * cos01, r23 * cos23), tl.join(r01 * sin01, r23 * sin23))
-        z = tl.reshape(lanes, [BLOCK])  # element 4k + lane, lanes in order cos01, sin01, cos23, sin23
+        z = normals(start, seg, seed_lo, seed_hi, BLOCK, ROUNDS, FAST_MATH)
         if MODE == 0:
             tl.store(target_ptr + offs, (master + scale * z).to(TARGET_DTYPE), mask=in_range)
         else:
             decay = tl.load(seg_decays_ptr + seg) * weight_decay
             master = master - lr * (z * grad + decay * master)
             tl.store(master_ptr + offs, master, mask=in_range)
-            tl.store(target_ptr + offs, master.to(TARGET_DTYPE), mask=in_range)
+            if MODE == 2:
+                tl.store(target_ptr + offs, master.to(TARGET_DTYPE), mask=in_range)
+            else:
+                z_next = normals(start, seg, next_lo, next_hi, BLOCK, ROUNDS, FAST_MATH)
+                tl.store(target_ptr + offs, (master + scale * z_next).to(TARGET_DTYPE), mask=in_range)

@@ -12,8 +12,9 @@ What it does differently from SGLang's own RoBERTa, all for speed: the embedding
 padding-aware position ids for the whole packed batch at once (SGLang's loop does one host round
 trip per sequence, so no CUDA graph can hold it; bitwise the same result); the encoder fuses each
 residual add with its LayerNorm on CUDA and skips the KV write where nothing reads it (`encode`);
-and a kit call whose `KitRequest` names ``rows`` gets the LM head on those rows only (MeZO needs
-the <mask> rows).
+a kit call whose `KitRequest` names ``rows`` gets the LM head on those rows only (MeZO needs
+the <mask> rows); and a kit call's attention takes k and v as slices of the fused projection
+(`sglang_compat.attention`: no copies).
 This module imports SGLang: import it only after the version adapter has prepared the process.
 """
 
@@ -31,6 +32,7 @@ from sglang.srt.models.roberta import XLMRobertaBaseModel
 from torch import nn
 
 from ..model_io import KitRequest, MaskedLMOutput, current_request
+from ..sglang_compat.attention import encoder_attention
 from ..sglang_compat.bootstrap import tp_world_size
 from .fused import add_layer_norm
 
@@ -78,18 +80,19 @@ def packed_embeddings(
 def encode(
     encoder, hidden_states: torch.Tensor, forward_batch: ForwardBatch, save_kv_cache: bool = True
 ) -> torch.Tensor:
-    """SGLang's ``BertEncoder`` layer by layer, through its own modules, with two things left out.
+    """SGLang's ``BertEncoder`` layer by layer, through its own modules, with three things left out.
 
-    Each residual add and LayerNorm is one fused pass (`fused.add_layer_norm`), and without
+    Each residual add and LayerNorm is one fused pass (`fused.add_layer_norm`); without
     ``save_kv_cache`` (the kit's request says the attention reads k and v as given) no KV is
-    stored: an encoder batch is never extended, so nothing would read it back.
+    stored, since an encoder batch is never extended and nothing would read it back; and then
+    k and v are not copied out of the fused projection (`sglang_compat.attention`).
     """
     for layer in encoder.layer:
         attention = layer.attention
         self_attn = attention.self_attn
         qkv, _ = self_attn.qkv_proj(hidden_states)
         q, k, v = qkv.split([self_attn.q_size, self_attn.kv_size, self_attn.kv_size], dim=-1)
-        attended = self_attn.attn(q, k, v, forward_batch, save_kv_cache=save_kv_cache)
+        attended = encoder_attention(self_attn.attn, q, k, v, forward_batch, save_kv_cache)
         projected, _ = attention.output.dense(attended)
         attention_output = add_layer_norm(projected, hidden_states, attention.output.LayerNorm)
         intermediate = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(attention_output)[0])

@@ -7,12 +7,14 @@
   kernels without a dtype) and what the kit does about it;
 - `batches`: extend batches through the scheduler's own preparation, the runner's limits and KV pool;
 - `decoding`: greedy decode steps as the scheduler runs them;
-- `graphs`: one extend batch straight through ``runner.model``, eager or as a CUDA graph;
+- `graphs`: one extend batch straight through ``runner.model``, eager or as a CUDA graph, exact or
+  padded to a size bucket;
+- `attention`: the kit's encoder attention on the Triton kernel without SGLang's k/v copies;
 - `serving`: SGLang's own Engine and server hosted by the kit (the shims in every process SGLang
   spawns there, requests in and answers out in the kit's types).
 
 The rest of the kit imports these modules by name (``from ..sglang_compat import batches``),
 never SGLang's batch or bootstrap modules directly. This package imports nothing of the kit but
-its leaf modules (`errors`, `results`, `model_io`, `paths`): the kit registers its models and
+its leaf modules (`errors`, `results`, `model_io`, `paths`, `buckets`): the kit registers its models and
 builds its runner from above.
 """

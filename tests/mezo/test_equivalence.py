@@ -49,7 +49,8 @@ def test_projected_gradients_and_losses_match_hf(runner_lm, fresh_hf, prompt, sy
 
 
 def test_weights_changed_hook_runs_on_every_write(runner_lm, prompt, synthetic_glue):
-    """Every write tells the runner: +eps, -2eps, and the update (which is also the restore) per step."""
+    """Every write tells the runner: `train` writes twice a step (the last update with +eps, then -2eps),
+    then the last update alone; `step` writes +eps, -2eps and the update (which is also the restore)."""
     train = prompt.encode_all(sst2.read_tsv(synthetic_glue / "train.tsv"))[:16]
     calls = []
 
@@ -65,5 +66,7 @@ def test_weights_changed_hook_runs_on_every_write(runner_lm, prompt, synthetic_g
         on_weights_changed=hook,
     )
     opt.train(train, 3, batch_size=16)
-    assert len(calls) == 3 * 3
+    assert len(calls) == 2 * 3 + 1
+    opt.step(train)
+    assert len(calls) == 2 * 3 + 1 + 3
     assert runner_lm.runner.server_args.disable_radix_cache is True

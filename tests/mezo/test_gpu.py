@@ -54,6 +54,15 @@ def test_triton_passes_compute_the_torch_definition_on_cuda(fresh_hf):
     fast.passes.update(7, 1e-2, 3.0, weight_decay=0.1)
     twin.passes.update(7, 1e-2, 3.0, weight_decay=0.1)
     assert mezo.max_abs_difference(fast.tensors, twin.tensors) < 1e-6
+    # The folded pass (update, then the next perturbation) is bitwise the two passes it replaces.
+    apart_lm = mezo.HFMaskedLM(fresh_hf(device="cuda"))
+    apart = mezo.Masters(apart_lm.views, "triton")
+    apart.passes.flat.copy_(fast.passes.flat)
+    fast.passes.update_and_perturb(9, 1e-2, -2.0, 0.1, 11, 1e-3)
+    apart.passes.update(9, 1e-2, -2.0, weight_decay=0.1)
+    apart.passes.perturb(11, 1e-3)
+    assert torch.equal(fast.passes.flat, apart.passes.flat)
+    assert all(torch.equal(a.tensor, b.tensor) for a, b in zip(fast_lm.views, apart_lm.views))
 
 
 def _same_layout_batches(prompt, synthetic_glue, batch: int, count: int):
@@ -68,16 +77,17 @@ def _same_layout_batches(prompt, synthetic_glue, batch: int, count: int):
 @pytest.mark.sglang_gpu(1)
 @pytest.mark.sglang(dtype="bfloat16", attention_backend="triton")
 def test_captured_forward_gives_the_eager_losses(runner, prompt, synthetic_glue):
-    """Steps replayed from a CUDA graph (new examples copied in) give the eager steps' losses and weights."""
+    """Steps replayed from a CUDA graph (new examples copied in) give the eager steps' losses and weights
+    (both padded to the same bucket, so the shapes match)."""
     batches = _same_layout_batches(prompt, synthetic_glue, batch=16, count=4)
     start = mezo.canonical_state(mezo.SGLangMaskedLM(runner, graphs=False).views)
 
     def four_steps(graphs: bool):
-        lm = mezo.SGLangMaskedLM(runner, graphs=graphs)
+        lm = mezo.SGLangMaskedLM(runner, graphs=graphs, padding=True)
         opt = mezo.MeZO(lm.views, mezo.PromptObjective(lm, prompt.label_word_ids), lr=1e-3, eps=1e-3, seed=3)
         try:
             losses = [opt.step(examples) for examples in batches]
-            return losses, opt.checkpoint.steps, lm.captured_layout is not None, mezo.canonical_state(lm.views)
+            return losses, opt.checkpoint.steps, bool(lm.captured_keys), mezo.canonical_state(lm.views)
         finally:
             lm.close()
             mezo.load_canonical(lm.views, start)
@@ -133,7 +143,7 @@ def test_mezo_memory_is_inference_plus_one_fp32_copy(runner_factory, large_rando
             opt.step(examples)
         torch.cuda.synchronize()
         mezo_peak = torch.cuda.max_memory_allocated() - base
-        assert lm.captured_layout is not None and opt.kernel == "triton"
+        assert lm.captured_keys and opt.kernel == "triton"
     finally:
         lm.close()
     master_bytes = sum(m.numel() for m in opt.masters) * 4

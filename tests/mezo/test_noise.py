@@ -84,6 +84,14 @@ INTERPRETED = textwrap.dedent(
         passes.update(99, 0.1, 2.5, weight_decay=0.3)
         result[name] = dict(perturbed=perturbed.tolist(), flat=[float(passes.flat[s.offset:s.offset + s.numel].sum()) for s in segments],
                             model=torch.cat([t.view(-1) for t in targets]).tolist())
+    # The folded pass against the two passes it replaces, both by the kernel.
+    folded = noise.TritonPasses(flat.clone(), segments, [torch.zeros(s) for s in shapes])
+    folded.update_and_perturb(99, 0.1, 2.5, 0.3, 2**35 + 3, -1.0)
+    apart = noise.TritonPasses(flat.clone(), segments, [torch.zeros(s) for s in shapes])
+    apart.update(99, 0.1, 2.5, weight_decay=0.3)
+    apart.perturb(2**35 + 3, -1.0)
+    result["folded_equal"] = torch.equal(folded.flat, apart.flat) and all(
+        torch.equal(a, b) for a, b in zip(folded.targets, apart.targets))
     small = noise.TritonPasses(flat.clone(), segments, [torch.zeros(s) for s in shapes], block=128)
     small.perturb(2**40 + 77, 1.0)
     result["triton_block_128"] = torch.cat([t.view(-1) for t in small.targets]).tolist()
@@ -107,3 +115,27 @@ def test_triton_kernel_computes_the_torch_definition(tmp_path):
     assert torch.equal(torch.tensor(result["triton_block_128"]), triton_z)  # launch shape does not matter
     assert result["triton"]["flat"] == pytest.approx(result["torch"]["flat"], rel=1e-5, abs=1e-4)
     assert float((torch.tensor(result["triton"]["model"]) - torch.tensor(result["torch"]["model"])).abs().max()) < 1e-5
+    assert result["folded_equal"]  # update + next perturbation in one pass: bitwise the two passes
+
+
+def test_deferred_updates_are_the_same_steps_bitwise(fresh_hf, prompt, synthetic_glue):
+    """Each update folded into the next step's first pass: the same losses, steps and weights, bit for bit."""
+    batches = [e for e in prompt.encode_all(sst2.read_tsv(synthetic_glue / "train.tsv"))[:48]]
+
+    def three_steps(defer: bool):
+        lm = mezo.HFMaskedLM(fresh_hf())
+        opt = mezo.MeZO(
+            lm.views, mezo.PromptObjective(lm, prompt.label_word_ids), lr=1e-2, eps=1e-3, weight_decay=0.1, seed=4
+        )
+        losses = [opt.step(batches[i * 16 : (i + 1) * 16], defer_update=defer) for i in range(3)]
+        if defer:
+            assert opt.offset == -1.0 and not torch.equal(
+                lm.views[0].tensor, opt.masters[0].view_as(lm.views[0].tensor)
+            )
+            opt.flush_update()
+        return losses, mezo.canonical_state(lm.views), [m.clone() for m in opt.masters], opt.checkpoint.steps
+
+    deferred, plain = three_steps(True), three_steps(False)
+    assert deferred[0] == plain[0] and deferred[3] == plain[3]
+    assert all(torch.equal(a, b) for a, b in zip(deferred[1], plain[1]))
+    assert all(torch.equal(a, b) for a, b in zip(deferred[2], plain[2]))
