@@ -4,8 +4,10 @@
 - `noise`: z as a pure function of (seed, parameter, element), the fused passes (`triton_kernels`);
 - `params`: parameter views (with their `Shard` under TP) and the flat fp32 masters;
 - `objective`: the masked-LM scorers (HF, runner) and the prompt objective;
+- `causal_lm`: the decoder scorers (HF, runner), scored at each prompt's last position, and its prompt;
 - `checkpoint`: checkpoints that replay bitwise, training history;
-- `roberta_views`: SGLang's RobertaForMaskedLM tensors under HF names (per architecture);
+- `roberta_views`, `llama_views`: SGLang's tensors under HF names (per architecture), through
+  `tp_views` (one rank's part of a parameter, any architecture);
 - `sst2`: the MeZO paper's SST-2 prompt, data layouts and protocol.
 
 May import: the leaf modules, the version adapter, the models and the runner. Never the plugin

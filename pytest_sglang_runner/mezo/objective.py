@@ -84,12 +84,11 @@ class SGLangMaskedLM:
         self, model_runner, *, graphs: str | bool = "auto", padding: str | bool = "auto", max_graphs: int = 32
     ):
         from ..sglang_compat import graphs as sglang_graphs
-        from .roberta_views import roberta_sglang_views
 
         self.runner = model_runner
         self.device = torch.device(model_runner.device)
         self._check_no_prefix_reuse()
-        self.views = roberta_sglang_views(model_runner.model, model_runner.model_config.hf_config)
+        self.views = self._parameter_views(model_runner)
         self.graphs = sglang_graphs.can_capture(model_runner) if graphs == "auto" else bool(graphs)
         self.padding = self.graphs if padding == "auto" else bool(padding)
         if self.graphs and self.padding and not sglang_graphs.attention_takes_kv_directly(model_runner):
@@ -100,6 +99,11 @@ class SGLangMaskedLM:
         self._captured: OrderedDict[tuple[int, ...], Any] = OrderedDict()  # key -> captured ModelCall
         self._seen: set[tuple[int, ...]] = set()
         self._pool = None
+
+    def _parameter_views(self, model_runner):
+        from .roberta_views import roberta_sglang_views
+
+        return roberta_sglang_views(model_runner.model, model_runner.model_config.hf_config)
 
     def _check_no_prefix_reuse(self) -> None:
         # KV computed under perturbed weights must never be served from a prefix cache.

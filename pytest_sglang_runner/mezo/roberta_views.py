@@ -4,15 +4,15 @@
 shapes, HF order), each a view of SGLang's own storage, so from the same weights and seeds the
 runner and HF receive bitwise the same perturbed weights. Under tensor parallelism each rank's
 views are its own part of each parameter, with the `Shard` that says where that part sits in
-the full one (`_tp_view`). Imports SGLang only when called.
+the full one (`tp_views.tp_view`). Imports SGLang only when called.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .noise import Shard
 from .params import ParamView
+from .tp_views import tp_rank_of, tp_view
 
 _QKV = {"query": 0, "key": 1, "value": 2}
 
@@ -39,7 +39,7 @@ def roberta_hf_to_sglang(name: str, hidden_size: int, vocab_size: int) -> tuple[
 
     q/k/v are rows ``[0:H]``, ``[H:2H]``, ``[2H:3H]`` of the fused ``self_attn.qkv_proj`` (weight
     and bias); the word embedding is padded to a multiple of 64 rows, only ``[0:vocab]`` is real;
-    everything else keeps its name. TP=1 (under TP the slices are per rank: `_tp_view`).
+    everything else keeps its name. TP=1 (under TP the slices are per rank: `tp_views.tp_view`).
     """
     parts = name.split(".")
     if "attention" in parts and "self" in parts:
@@ -66,7 +66,7 @@ def roberta_sglang_views(model: torch.nn.Module, hf_config=None) -> list[ParamVi
     config = hf_config if hf_config is not None else model.config
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
-    tp_rank = _tp_rank(model.roberta.embeddings.word_embeddings, tp_size) if tp_size > 1 else 0
+    tp_rank = tp_rank_of(model.roberta.embeddings.word_embeddings, tp_size) if tp_size > 1 else 0
     views, covered = [], set()
     for name, full_shape in hf_canonical_shapes(config):
         sglang_name, rows = roberta_hf_to_sglang(name, config.hidden_size, config.vocab_size)
@@ -75,70 +75,10 @@ def roberta_sglang_views(model: torch.nn.Module, hf_config=None) -> list[ParamVi
             views.append(ParamView(name, tensor if rows is None else tensor[rows]))
         else:
             module = modules[sglang_name.rpartition(".")[0]]
-            views.append(_tp_view(name, sglang_name, tensor, module, full_shape, tp_rank, tp_size))
+            part = _QKV.get(name.split(".")[-2], 0) if "qkv_proj" in sglang_name else 0
+            views.append(tp_view(name, sglang_name, tensor, module, full_shape, tp_rank, tp_size, part))
         covered.add(sglang_name)
     missing = set(params) - covered - set(SGLANG_UNUSED)
     if missing:
         raise ValueError(f"SGLang parameters with no HF counterpart (mapping out of date?): {sorted(missing)}")
     return views
-
-
-def _tp_rank(word_embeddings, tp_size: int) -> int:
-    """This process's TP rank, as the vocab-parallel word embedding was built for it."""
-    if word_embeddings.tp_size != tp_size:
-        raise NotImplementedError(
-            f"the word embedding is split {word_embeddings.tp_size} ways, the TP group has {tp_size} ranks"
-        )
-    first_row = word_embeddings.shard_indices.padded_org_vocab_start_index
-    return first_row // (word_embeddings.org_vocab_size_padded // tp_size)
-
-
-def _tp_view(
-    name: str, sglang_name: str, tensor: torch.Tensor, module, full_shape, rank: int, tp_size: int
-) -> ParamView:
-    """Rank ``rank``'s part of HF parameter ``name`` (full shape ``full_shape``), from SGLang's layer.
-
-    - ``VocabParallelEmbedding`` (word embeddings): rows; rank r holds padded-vocab rows
-      ``[r P/W, (r+1) P/W)`` of which those below ``vocab_size`` are real (a rank may hold none);
-    - ``QKVParallelLinear``: the local ``qkv_proj`` is ``[q_r; k_r; v_r]``, each the rank's
-      ``H/W`` rows of query, key or value (weight and bias);
-    - ``ColumnParallelLinear`` (``intermediate.dense``): rows, weight and bias;
-    - ``RowParallelLinear`` (``attention.output.dense``, ``output.dense``): the weight's columns;
-      the bias is whole on every rank (rank 0 adds it);
-    - anything else is whole on every rank.
-    """
-    from sglang.srt.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
-    from sglang.srt.layers.vocab_parallel_embedding import VocabParallelEmbedding
-
-    is_weight = sglang_name.endswith(".weight")
-    if isinstance(module, VocabParallelEmbedding):
-        indices = module.shard_indices
-        start, stop = indices.org_vocab_start_index, indices.org_vocab_end_index
-        local, shard = tensor[: stop - start], Shard(full_shape, 0, start, stop - start)
-    elif isinstance(module, QKVParallelLinear):
-        if module.num_kv_head_replicas != 1 or module.num_heads != module.num_kv_heads:
-            raise NotImplementedError(f"{sglang_name}: replicated or grouped k/v heads are not mapped")
-        size = module.num_heads * module.head_size
-        which = _QKV[name.split(".")[-2]]
-        local, shard = tensor[which * size : (which + 1) * size], Shard(full_shape, 0, rank * size, size)
-    elif isinstance(module, ColumnParallelLinear):
-        size = tensor.shape[0]
-        local, shard = tensor, Shard(full_shape, 0, rank * size, size)
-    elif isinstance(module, RowParallelLinear) and is_weight:
-        size = tensor.shape[1]
-        local, shard = tensor, Shard(full_shape, 1, rank * size, size)
-    else:
-        local, shard = tensor, None
-    expected = full_shape if shard is None else shard.local_shape
-    if tuple(local.shape) != tuple(expected):
-        raise NotImplementedError(
-            f"{name}: rank {rank} of {tp_size} holds {tuple(local.shape)}, expected {tuple(expected)} "
-            "(a layout padded for this TP size is not mapped)"
-        )
-    if (
-        shard is not None
-        and not isinstance(module, VocabParallelEmbedding)
-        and shard.length * tp_size != full_shape[shard.dim]
-    ):
-        raise NotImplementedError(f"{name}: {tp_size} shards of {shard.length} do not make {full_shape[shard.dim]}")
-    return ParamView(name, local, shard)

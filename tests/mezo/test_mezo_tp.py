@@ -189,20 +189,22 @@ def _fp32_ulp(x: float) -> float:
     return 2.0 ** (math.frexp(x)[1] - 24)
 
 
-def mezo_trajectory(ctx, steps: int, seed: int, eps: float) -> dict:
+def mezo_trajectory(ctx, steps: int, seed: int, eps: float, decoder: bool = False) -> dict:
     """Runs in every rank process at once (`LiveRunner.on_every_rank`): ``steps`` MeZO steps on this
-    rank's runner; gives back the projected gradients, the losses and this rank's final masters.
-    Everything comes from ``ctx``; the runner's weights are put back afterwards."""
+    rank's runner (the masked LM, or with ``decoder`` the causal LM scored at the last position);
+    gives back the projected gradients, the losses and this rank's final masters. Everything comes
+    from ``ctx``; the runner's weights are put back afterwards."""
     from transformers import AutoTokenizer
 
-    from pytest_sglang_runner.mezo import sst2
+    from pytest_sglang_runner.mezo import causal_lm, sst2
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model, two ranks on two cores (see conftest's _one_thread)
-    lm = mezo.SGLangMaskedLM(ctx.runner)
+    lm = causal_lm.SGLangCausalLM(ctx.runner) if decoder else mezo.SGLangMaskedLM(ctx.runner)
     start = mezo.canonical_state(lm.views)
     try:
-        prompt = sst2.SST2Prompt(AutoTokenizer.from_pretrained(ctx.forward.model_path))
+        tokenizer = AutoTokenizer.from_pretrained(ctx.forward.model_path)
+        prompt = causal_lm.DecoderPrompt(tokenizer) if decoder else sst2.SST2Prompt(tokenizer)
         train = prompt.encode_all(sst2.synthetic_examples(64, *sst2.embedded_word_lists(), seed=1))
         objective = mezo.PromptObjective(lm, prompt.label_word_ids)
         opt = mezo.MeZO(
@@ -225,6 +227,51 @@ def mezo_trajectory(ctx, steps: int, seed: int, eps: float) -> dict:
         torch.set_num_threads(threads)
 
 
+def assert_tp2_follows_tp1(one: dict, tp2: list[dict], eps: float, tolerance: float, record_property) -> dict:
+    """TP=2's trajectory against TP=1's (the bounds of `test_mezo_tp2_follows_tp1`'s docstring);
+    gives back the dimension each parameter is split along (None: whole on every rank)."""
+    two, *others = tp2
+    assert [two["rank"]] + [r["rank"] for r in others] == [0, 1] and two["kernel"] == "torch"
+    assert all(s is None for s in one["shards"])
+    for other in others:  # every rank computes the same loss from the all-gathered logits
+        assert (other["grads"], other["losses"], other["seeds"]) == (two["grads"], two["losses"], two["seeds"])
+    assert two["seeds"] == one["seeds"] and two["names"] == one["names"]
+
+    grads = list(zip(two["grads"], one["grads"]))
+    rms = math.sqrt(sum(g * g for _, g in grads) / len(grads))
+    relative = max(mezo.relative_difference(a, b) for a, b in grads)
+    of_scale = max(abs(a - b) / max(abs(a), abs(b), rms) for a, b in grads)
+    loss = max(mezo.relative_difference(a, b) for a, b in zip(two["losses"], one["losses"]))
+    record_property(f"eps{eps:g}_max_relative_grad_difference", relative)
+    record_property(f"eps{eps:g}_g_of_that_step", max(grads, key=lambda p: mezo.relative_difference(*p))[1])
+    record_property(f"eps{eps:g}_max_grad_difference_of_max_g_rms", of_scale)
+    record_property(f"eps{eps:g}_max_relative_loss_difference", loss)
+    assert of_scale <= tolerance, (grads, rms)
+    if eps == 1e-2:  # step by step, resolvable at this eps: TP=2 sums each logit in another order,
+        # so a loss may differ in its last fp32 bits, and g = (L+ - L-) / 2eps carries that:
+        # at most LOSS_ULPS ulps of the loss per forward, over eps. (A bound of 1e-5 relative held
+        # for large g only: torch 2.14's CPU sums put one small g 4.8e-5 apart, 0.5 ulp of its loss.)
+        ulp = _fp32_ulp(max(abs(x) for x in one["losses"] + two["losses"]))
+        per_step = max(abs(a - b) for a, b in grads)
+        record_property(f"eps{eps:g}_max_grad_difference_in_loss_ulps_over_eps", per_step * eps / ulp)
+        assert per_step <= LOSS_ULPS * ulp / eps, grads
+    assert loss <= 1e-5
+
+    # Each update moves a weight by lr * g * z: apart by at most lr * sum |dg| * max |z|, plus
+    # an ulp where the roundings of the two updates fall apart.
+    atol, rtol = LR * sum(abs(a - b) for a, b in grads) * Z_MAX, len(grads) * 2.0**-23
+    weights, dims = 0.0, {}
+    for rank in tp2:
+        for name, shard, part, whole in zip(rank["names"], rank["shards"], rank["masters"], one["masters"]):
+            expected = whole if shard is None else shard.of(whole)
+            assert part.shape == expected.shape, name
+            torch.testing.assert_close(part, expected, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+            weights = max(weights, float((part - expected).abs().max()) if part.numel() else 0.0)
+            dims[name] = None if shard is None else shard.dim
+    record_property(f"eps{eps:g}_max_abs_weight_difference", weights)
+    return dims
+
+
 @pytest.mark.skipif(0 < torch.cuda.device_count() < 2, reason="TP=2 on CUDA needs 2 GPUs")
 def test_mezo_tp2_follows_tp1(runner_factory, record_property):
     """10 steps from the same seeds: projected gradients within 1e-5 of their scale, and each step's
@@ -238,47 +285,8 @@ def test_mezo_tp2_follows_tp1(runner_factory, record_property):
         eps: runner_factory.get(tp=2, **TP_SPEC).on_every_rank(mezo_trajectory, STEPS, MEZO_SEED, eps)
         for eps, _ in EPS_TOLERANCES
     }
-
     for eps, tolerance in EPS_TOLERANCES:
-        one, (two, *others) = tp1[eps], tp2[eps]
-        assert [two["rank"]] + [r["rank"] for r in others] == [0, 1] and two["kernel"] == "torch"
-        assert all(s is None for s in one["shards"])
-        for other in others:  # every rank computes the same loss from the all-gathered logits
-            assert (other["grads"], other["losses"], other["seeds"]) == (two["grads"], two["losses"], two["seeds"])
-        assert two["seeds"] == one["seeds"] and two["names"] == one["names"]
-
-        grads = list(zip(two["grads"], one["grads"]))
-        rms = math.sqrt(sum(g * g for _, g in grads) / len(grads))
-        relative = max(mezo.relative_difference(a, b) for a, b in grads)
-        of_scale = max(abs(a - b) / max(abs(a), abs(b), rms) for a, b in grads)
-        loss = max(mezo.relative_difference(a, b) for a, b in zip(two["losses"], one["losses"]))
-        record_property(f"eps{eps:g}_max_relative_grad_difference", relative)
-        record_property(f"eps{eps:g}_g_of_that_step", max(grads, key=lambda p: mezo.relative_difference(*p))[1])
-        record_property(f"eps{eps:g}_max_grad_difference_of_max_g_rms", of_scale)
-        record_property(f"eps{eps:g}_max_relative_loss_difference", loss)
-        assert of_scale <= tolerance, (grads, rms)
-        if eps == 1e-2:  # step by step, resolvable at this eps: TP=2 sums each logit in another order,
-            # so a loss may differ in its last fp32 bits, and g = (L+ - L-) / 2eps carries that:
-            # at most LOSS_ULPS ulps of the loss per forward, over eps. (A bound of 1e-5 relative held
-            # for large g only: torch 2.14's CPU sums put one small g 4.8e-5 apart, 0.5 ulp of its loss.)
-            ulp = _fp32_ulp(max(abs(x) for x in one["losses"] + two["losses"]))
-            per_step = max(abs(a - b) for a, b in grads)
-            record_property(f"eps{eps:g}_max_grad_difference_in_loss_ulps_over_eps", per_step * eps / ulp)
-            assert per_step <= LOSS_ULPS * ulp / eps, grads
-        assert loss <= 1e-5
-
-        # Each update moves a weight by lr * g * z: apart by at most lr * sum |dg| * max |z|, plus
-        # an ulp where the roundings of the two updates fall apart.
-        atol, rtol = LR * sum(abs(a - b) for a, b in grads) * Z_MAX, STEPS * 2.0**-23
-        weights, dims = 0.0, {}
-        for rank in tp2[eps]:
-            for name, shard, part, whole in zip(rank["names"], rank["shards"], rank["masters"], one["masters"]):
-                expected = whole if shard is None else shard.of(whole)
-                assert part.shape == expected.shape, name
-                torch.testing.assert_close(part, expected, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
-                weights = max(weights, float((part - expected).abs().max()) if part.numel() else 0.0)
-                dims[name] = None if shard is None else shard.dim
-        record_property(f"eps{eps:g}_max_abs_weight_difference", weights)
+        dims = assert_tp2_follows_tp1(tp1[eps], tp2[eps], eps, tolerance, record_property)
         assert dims["roberta.embeddings.word_embeddings.weight"] == 0
         assert dims["roberta.encoder.layer.0.attention.self.key.weight"] == 0
         assert dims["roberta.encoder.layer.0.intermediate.dense.bias"] == 0
@@ -286,3 +294,18 @@ def test_mezo_tp2_follows_tp1(runner_factory, record_property):
         assert dims["roberta.encoder.layer.0.output.dense.weight"] == 1
         assert dims["roberta.encoder.layer.0.attention.output.dense.bias"] is None  # whole on every rank
         assert dims["lm_head.dense.weight"] is None
+
+
+@pytest.mark.skipif(0 < torch.cuda.device_count() < 2, reason="TP=2 on CUDA needs 2 GPUs")
+def test_decoder_mezo_tp2_follows_tp1(runner_factory, record_property):
+    """The decoder (embedded-llama: grouped-query attention, untied LM head) under the same bounds,
+    eps 1e-2, 6 steps: its fused q/k/v and gate/up and its vocabulary-parallel head split as TP=1's."""
+    spec, eps, tolerance = dict(TP_SPEC, model="embedded-llama"), *EPS_TOLERANCES[0]
+    one = runner_factory.get(tp=1, **spec).on_every_rank(mezo_trajectory, 6, MEZO_SEED, eps, True)[0]
+    tp2 = runner_factory.get(tp=2, **spec).on_every_rank(mezo_trajectory, 6, MEZO_SEED, eps, True)
+    dims = assert_tp2_follows_tp1(one, tp2, eps, tolerance, record_property)
+    layer = "model.layers.0."
+    assert [dims[layer + f"self_attn.{p}_proj.weight"] for p in "qkvo"] == [0, 0, 0, 1]
+    assert [dims[layer + f"mlp.{p}_proj.weight"] for p in ("gate", "up", "down")] == [0, 0, 1]
+    assert dims["model.embed_tokens.weight"] == dims["lm_head.weight"] == 0
+    assert dims[layer + "input_layernorm.weight"] is None and dims["model.norm.weight"] is None

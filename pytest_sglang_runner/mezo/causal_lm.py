@@ -1,0 +1,89 @@
+"""Decoder MeZO: a causal LM scored at each prompt's last position, as the MeZO paper runs OPT.
+
+The prompt ends where the label word would follow ("<sentence> It was"); the loss is the
+cross-entropy over the label words' logits at that last position (`PromptObjective`, the same as
+for the masked LM: the scorers below give "the logits at each sequence's scoring position").
+`HFCausalLM` is the HF twin; `SGLangCausalLM` runs the runner's own decoder (SGLang's logits
+processor returns exactly the last position's logits) with its parameters under HF's names
+(`llama_views`). `DecoderPrompt` encodes sentiment examples for a decoder's tokenizer.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .objective import Encoded, HFMaskedLM, SGLangMaskedLM
+
+LABEL_WORDS = {0: " terrible", 1: " great"}
+
+
+class HFCausalLM(HFMaskedLM):
+    """An HF causal LM, batches padded on the right; the LM head runs on each scoring position only."""
+
+    def __init__(self, model: torch.nn.Module, pad_token_id: int | None = None):
+        pad = model.config.pad_token_id if pad_token_id is None else pad_token_id
+        super().__init__(model, pad_token_id=0 if pad is None else pad)
+
+    @torch.no_grad()
+    def mask_logits(self, prepared):
+        input_ids, attention, positions = prepared
+        hidden = self.model.model(input_ids=input_ids, attention_mask=attention).last_hidden_state
+        rows = torch.arange(len(positions), device=self.device)
+        return self.model.lm_head(hidden[rows, positions])
+
+
+class SGLangCausalLM(SGLangMaskedLM):
+    """The runner's decoder (Llama family), scored at each prompt's last position.
+
+    Batches are never padded (SGLang's decoder writes every token's KV, filler included, so a
+    graph must keep its batch's KV slots): with graphs, a layout seen before is captured and
+    holds its KV slots until another layout comes or `close`.
+    """
+
+    def __init__(self, model_runner, *, graphs: str | bool = "auto"):
+        super().__init__(model_runner, graphs=graphs, padding=False)
+
+    def _parameter_views(self, model_runner):
+        from .llama_views import llama_sglang_views
+
+        return llama_sglang_views(model_runner.model, model_runner.model_config.hf_config)
+
+    def prepare(self, token_lists, positions):
+        if any(position != len(ids) - 1 for ids, position in zip(token_lists, positions)):
+            raise ValueError(
+                "a decoder is scored at each prompt's last position: end the prompt where the label follows"
+            )
+        return super().prepare(token_lists, positions)
+
+    @torch.no_grad()
+    def mask_logits(self, prepared):
+        return prepared().next_token_logits
+
+
+class DecoderPrompt:
+    """``<s> {sentence} It was`` for a decoder's tokenizer; label words " terrible" / " great"."""
+
+    def __init__(self, tokenizer, max_length: int = 128, suffix: str = " It was"):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self._suffix = tokenizer.encode(suffix, add_special_tokens=False)
+        self.label_word_ids = [self._single_token(LABEL_WORDS[label]) for label in sorted(LABEL_WORDS)]
+
+    def _single_token(self, word: str) -> int:
+        ids = self.tokenizer.encode(word, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"label word {word!r} is {len(ids)} tokens for this tokenizer; the prompt needs one")
+        return ids[0]
+
+    def encode(self, example) -> Encoded:
+        """An example with ``sentence`` and ``label`` (e.g. `sst2.Example`)."""
+        bos = [] if self.tokenizer.bos_token_id is None else [self.tokenizer.bos_token_id]
+        sentence = self.tokenizer.encode(" " + example.sentence.strip(), add_special_tokens=False)
+        sentence = sentence[: self.max_length - len(bos) - len(self._suffix)]  # keep the template whole
+        ids = [*bos, *sentence, *self._suffix]
+        return Encoded(tuple(ids), len(ids) - 1, example.label)
+
+    def encode_all(self, examples: Sequence) -> list[Encoded]:
+        return [self.encode(e) for e in examples]
