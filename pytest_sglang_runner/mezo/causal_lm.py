@@ -39,11 +39,15 @@ class SGLangCausalLM(SGLangMaskedLM):
 
     Batches are never padded (SGLang's decoder writes every token's KV, filler included, so a
     graph must keep its batch's KV slots): with graphs, a layout seen before is captured and
-    holds its KV slots until another layout comes or `close`.
+    holds its KV slots until another layout comes or `close`. ``share_prefix``: where a batch's
+    prompts start with the same ``min_shared`` tokens or more (a template, demonstrations), that
+    prefix runs once per forward and each prompt's rest on top of its KV (never across forwards,
+    so never across weight states); such batches run eagerly.
     """
 
-    def __init__(self, model_runner, *, graphs: str | bool = "auto"):
+    def __init__(self, model_runner, *, graphs: str | bool = "auto", share_prefix: bool = False, min_shared: int = 8):
         super().__init__(model_runner, graphs=graphs, padding=False)
+        self.share_prefix, self.min_shared = share_prefix, min_shared
 
     def _parameter_views(self, model_runner):
         from .llama_views import llama_sglang_views
@@ -51,11 +55,19 @@ class SGLangCausalLM(SGLangMaskedLM):
         return llama_sglang_views(model_runner.model, model_runner.model_config.hf_config)
 
     def prepare(self, token_lists, positions):
+        from ..runner import limits
+        from ..sglang_compat import graphs as sglang_graphs
+
         if any(position != len(ids) - 1 for ids, position in zip(token_lists, positions)):
             raise ValueError(
                 "a decoder is scored at each prompt's last position: end the prompt where the label follows"
             )
-        return super().prepare(token_lists, positions)
+        shared = sglang_graphs.shared_prefix_length(token_lists) if self.share_prefix else 0
+        if shared < self.min_shared:
+            return super().prepare(token_lists, positions)
+        self.close()  # a captured layout holds KV slots
+        limits.check_batch(self.runner, token_lists)
+        return sglang_graphs.SharedPrefixCall(self.runner, token_lists[0][:shared], token_lists)
 
     @torch.no_grad()
     def mask_logits(self, prepared):
@@ -63,12 +75,15 @@ class SGLangCausalLM(SGLangMaskedLM):
 
 
 class DecoderPrompt:
-    """``<s> {sentence} It was`` for a decoder's tokenizer; label words " terrible" / " great"."""
+    """``{start} {sentence} It was`` for a decoder's tokenizer (``start``: the special tokens the
+    tokenizer puts before any text); label words " terrible" / " great"."""
 
     def __init__(self, tokenizer, max_length: int = 128, suffix: str = " It was"):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self._suffix = tokenizer.encode(suffix, add_special_tokens=False)
+        # What the tokenizer itself puts before a text (Llama's <s>; nothing for SmolLM2's).
+        self._start = [t for t in tokenizer.encode("", add_special_tokens=True) if t != tokenizer.eos_token_id]
         self.label_word_ids = [self._single_token(LABEL_WORDS[label]) for label in sorted(LABEL_WORDS)]
 
     def _single_token(self, word: str) -> int:
@@ -79,10 +94,9 @@ class DecoderPrompt:
 
     def encode(self, example) -> Encoded:
         """An example with ``sentence`` and ``label`` (e.g. `sst2.Example`)."""
-        bos = [] if self.tokenizer.bos_token_id is None else [self.tokenizer.bos_token_id]
         sentence = self.tokenizer.encode(" " + example.sentence.strip(), add_special_tokens=False)
-        sentence = sentence[: self.max_length - len(bos) - len(self._suffix)]  # keep the template whole
-        ids = [*bos, *sentence, *self._suffix]
+        sentence = sentence[: self.max_length - len(self._start) - len(self._suffix)]  # keep the template whole
+        ids = [*self._start, *sentence, *self._suffix]
         return Encoded(tuple(ids), len(ids) - 1, example.label)
 
     def encode_all(self, examples: Sequence) -> list[Encoded]:

@@ -44,6 +44,10 @@ class _NoPrefixCache(types.SimpleNamespace):
     def evict_for_alloc(self, *args, **kwargs) -> None:
         pass  # nothing cached, nothing to evict: the allocation's own out-of-memory error follows
 
+    def prefix_device_indices(self, req):
+        """A shared prefix's KV slots (0.5.23 reads a request's prefix here; `make_request(prefix_slots=...)`)."""
+        return req.kit_prefix_slots[: req.prefix_len]
+
 
 def _page_size(runner) -> int:
     try:
@@ -64,8 +68,11 @@ def make_request(
     ignore_eos: bool = False,
     eos_token_ids=None,
     vocab_size: int | None = None,
+    prefix_slots=None,
 ):
-    """A greedy request; ``top_logprobs=None`` asks for no logprobs at all."""
+    """A greedy request; ``top_logprobs=None`` asks for no logprobs at all. ``prefix_slots``: the KV
+    slots of the first ``len(prefix_slots)`` tokens, already computed (a shared prefix): only the
+    rest is extended, attending over those slots."""
     from sglang.srt.managers.schedule_batch import Req
     from sglang.srt.sampling.sampling_params import SamplingParams
 
@@ -85,8 +92,13 @@ def make_request(
     )
     req.full_untruncated_fill_ids = req.origin_input_ids
     req.logprob_start_len = 0 if top_logprobs is not None else -1
+    prefix = 0 if prefix_slots is None else len(prefix_slots)
+    if prefix and hasattr(req, "prefix_indices"):  # 0.5.17: the request carries its prefix's slots
+        req.prefix_indices = prefix_slots
+    elif prefix:  # 0.5.23: a prefix length, its slots read from the tree cache (`_NoPrefixCache`)
+        req.prefix_len, req.kit_prefix_slots = prefix, prefix_slots
     if hasattr(req, "set_extend_range"):  # runner-builds-groups generation
-        req.set_extend_range(len(req.prefix_indices), len(req.origin_input_ids))
+        req.set_extend_range(prefix, len(req.origin_input_ids))
     else:
         req.extend_end = len(req.origin_input_ids)
     return req
@@ -134,8 +146,12 @@ class PackedBatch:
     forward_batch: Any
 
 
-def pack_batch(runner, token_lists: Sequence[Sequence[int]], capture_hidden: bool = False) -> PackedBatch:
-    batch = extend_batch(runner, [make_request(i, ids) for i, ids in enumerate(token_lists)])
+def pack_batch(
+    runner, token_lists: Sequence[Sequence[int]], capture_hidden: bool = False, prefix_slots=None
+) -> PackedBatch:
+    """``prefix_slots``: every sequence starts with the same prefix, whose KV is in these slots."""
+    requests = [make_request(i, ids, prefix_slots=prefix_slots) for i, ids in enumerate(token_lists)]
+    batch = extend_batch(runner, requests)
     forward_batch = forward_batch_of(runner, batch)
     if capture_hidden and runner.is_generation:
         from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode

@@ -100,6 +100,8 @@ class ModelCall:
     like the inputs. Both travel in the call's `KitRequest`, which also says
     ``skip_kv_cache_write`` where the backend attends over k and v as given. ``bucket``: pack the
     batch padded to its `BucketLayout` (filler sequences of ``filler_token`` after the real ones).
+    ``prefix_slots``: every sequence starts with a prefix whose KV is in these slots already
+    (`SharedPrefixCall`); only the rest of each sequence is run.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class ModelCall:
         *,
         bucket: BucketLayout | None = None,
         filler_token: int = 0,
+        prefix_slots=None,
     ):
         import torch
 
@@ -117,7 +120,7 @@ class ModelCall:
         self.bucket, self.filler_token = bucket, filler_token
         packed_lists = bucket.pad(token_lists, filler_token) if bucket is not None else token_lists
         self.layout = tuple(len(ids) for ids in packed_lists)
-        self.packed = pack_batch(runner, packed_lists)
+        self.packed = pack_batch(runner, packed_lists, prefix_slots=prefix_slots)
         self.forward_batch = self.packed.forward_batch
         self.rows = None if rows is None else torch.tensor(list(rows), dtype=torch.long, device=runner.device)
         # The batch is never extended, so its KV is never read back.
@@ -253,3 +256,36 @@ class ModelCall:
         if self.holds_kv:
             free_kv(self.runner)
         self.released = True
+
+
+class SharedPrefixCall:
+    """A batch whose sequences share a prefix: the prefix runs once, then every sequence's rest on
+    top of its KV, in each call (so the prefix's KV is always the current weights'). The answer is
+    the second call's: SGLang's logits processor gives each whole sequence's last-position logits.
+    """
+
+    graph = None  # never captured
+
+    def __init__(self, runner, prefix: Sequence[int], token_lists: Sequence[Sequence[int]]):
+        self.prefix_call = ModelCall(runner, [prefix])
+        slots = self.prefix_call.forward_batch.out_cache_loc
+        self.rest_call = ModelCall(runner, token_lists, prefix_slots=slots)
+        self.layout, self.released = self.rest_call.layout, False
+
+    def __call__(self):
+        self.prefix_call()
+        return self.rest_call()
+
+    def release(self) -> None:
+        self.rest_call.release()
+        self.prefix_call.released = True  # the same pools, cleared by the first release
+        self.released = True
+
+
+def shared_prefix_length(token_lists: Sequence[Sequence[int]]) -> int:
+    """The longest prefix every sequence starts with, leaving each at least one token of its own."""
+    first, shortest = token_lists[0], min(len(ids) for ids in token_lists)
+    length = 0
+    while length < shortest - 1 and all(ids[length] == first[length] for ids in token_lists):
+        length += 1
+    return length

@@ -105,3 +105,47 @@ def test_step_restores_and_replays_bitwise(decoder_lm, decoder_prompt, sentiment
 def test_a_decoder_is_scored_at_the_last_position(decoder_lm):
     with pytest.raises(ValueError, match="last position"):
         decoder_lm.prepare([[0, 5, 6, 7]], [2])
+
+
+def with_demonstrations(decoder_prompt, examples, demonstrations):
+    """Each example's prompt after the same demonstrations ("<s> demo It was great ... query It was")."""
+    tokenizer = decoder_prompt.tokenizer
+    shots = [*tokenizer.encode(" " + demonstrations, add_special_tokens=False)]
+    encoded = decoder_prompt.encode_all(examples)
+    return [mezo.Encoded((e.input_ids[0], *shots, *e.input_ids[1:]), e.mask_pos + len(shots), e.label) for e in encoded]
+
+
+def test_a_shared_prefix_runs_once_and_changes_no_loss(runner, decoder_prompt, sentiment, record_property):
+    """Demonstrations + query: the prefix runs once per forward, each query on top of its KV; every
+    example's loss and a MeZO step's g are the unshared batch's, within fp32 rounding."""
+    from pytest_sglang_runner.sglang_compat.graphs import SharedPrefixCall
+
+    demos = "the film was wonderful . It was great . the plot was dull . It was terrible ."
+    batch = with_demonstrations(decoder_prompt, sentiment[:12], demos)
+    shared_lm, plain_lm = SGLangCausalLM(runner, share_prefix=True), SGLangCausalLM(runner)
+    shared = mezo.PromptObjective(shared_lm, decoder_prompt.label_word_ids)
+    plain = mezo.PromptObjective(plain_lm, decoder_prompt.label_word_ids)
+    prepared = shared.prepare(batch)
+    assert isinstance(prepared[0], SharedPrefixCall), type(prepared[0])
+    assert len(prepared[0].prefix_call.layout) == 1
+    record_property("shared_prefix_tokens", prepared[0].prefix_call.layout[0])
+    shared_losses = shared.example_losses(prepared).tolist()
+    shared.release(prepared)
+    prepared = plain.prepare(batch)
+    plain_losses = plain.example_losses(prepared).tolist()
+    plain.release(prepared)
+    assert shared_losses == pytest.approx(plain_losses, rel=1e-5, abs=1e-6)
+
+    start = mezo.canonical_state(shared_lm.views)
+    try:
+        grads = []
+        for objective in (shared, plain):
+            opt = mezo.MeZO(shared_lm.views, objective, lr=1e-3, eps=1e-2, seed=4)
+            opt.step(batch)
+            grads.append(opt.projected_grad)
+            mezo.load_canonical(shared_lm.views, start)
+        assert grads[0] == pytest.approx(grads[1], rel=1e-4, abs=1e-5)
+    finally:
+        shared_lm.close()
+        plain_lm.close()
+        mezo.load_canonical(shared_lm.views, start)
