@@ -5,6 +5,14 @@
         --attention-backend triton --shapes 16x128,64x48,64x128 --profile prof_bf16.txt
     (and the same with --dtype float32; `BENCH=1 bash bench/run_gpu.sh` runs both: docs/performance.md)
     ... --shapes 16xsst2,16xrt,64xsst2 --steps 40 --warmup 40   # batches of varying lengths
+    PYTHONPATH=. python bench/mezo_step.py --llama-random --device cuda --dtype bfloat16 \
+        --attention-backend triton --shapes 16x128,16xrt --shared-prefix 256    # decoder MeZO
+
+``--decoder`` (the embedded Llama, or ``--model DIR``) or ``--llama-random`` (SmolLM2-135M's shape,
+random weights): decoder MeZO, the label words scored at each prompt's last position, against
+the reference on HF's causal LM. ``--shared-prefix N``: every prompt starts with the same N tokens
+(demonstrations), run once per forward (`SGLangCausalLM(share_prefix=True)`); the floor counts
+them once, and a row gives the same batches without sharing.
 
 A shape is ``BxS`` (B sequences of S tokens, the same batch every step) or ``BxDIST``: a fresh
 batch every step, B prompts whose lengths are drawn (seeded, the same batches for every
@@ -81,31 +89,26 @@ class Workload:
     def varying(self) -> bool:
         return bool(self.dist)
 
-    def batches(self, config) -> Iterator[list]:
-        """The same sequence of batches at every call (random token ids; the mask before the last two)."""
+    def batches(self, config, decoder: bool = False, shared_prefix: int = 0) -> Iterator[list]:
+        """The same sequence of batches at every call, random token ids. Masked LM: ``<s> ... <mask> </s>``;
+        decoder: ``<s> [prefix] ...``, scored at the last position, the same ``shared_prefix`` tokens
+        (demonstrations) before every prompt."""
         from pytest_sglang_runner import mezo
 
         rng = random.Random(self.batch * 1000 + (self.seq or len(self.dist)))
         length = {"sst2": sst2_like_length, "rt": rotten_tomatoes_length_sampler()}.get(self.dist)
         mask_id = getattr(config, "mask_token_id", None) or config.vocab_size - 1
+        words = lambda n, r=rng: [r.randrange(5, config.vocab_size - 1) for _ in range(n)]  # noqa: E731
+        prefix = [config.bos_token_id, *words(shared_prefix, random.Random(7))]
+
+        def encoded(i: int, n: int):
+            if decoder:
+                ids = [*prefix, *words(n - 1)]
+                return mezo.Encoded(tuple(ids), len(ids) - 1, i % 2)
+            return mezo.Encoded(tuple([config.bos_token_id, *words(n - 3), mask_id, config.eos_token_id]), n - 2, i % 2)
 
         def draw():
-            lengths = [length(rng) if length else self.seq for _ in range(self.batch)]
-            return [
-                mezo.Encoded(
-                    tuple(
-                        [
-                            config.bos_token_id,
-                            *(rng.randrange(5, config.vocab_size - 1) for _ in range(n - 3)),
-                            mask_id,
-                            config.eos_token_id,
-                        ]
-                    ),
-                    n - 2,
-                    i % 2,
-                )
-                for i, n in enumerate(lengths)
-            ]
+            return [encoded(i, length(rng) if length else self.seq) for i in range(self.batch)]
 
         if not self.varying:
             fixed = draw()
@@ -177,7 +180,8 @@ def physical_floor_ms(
 
 
 class ReferenceMeZO:
-    """princeton-nlp/MeZO ``large_models/trainer.py``'s zo_step / zo_update, on an HF masked LM."""
+    """princeton-nlp/MeZO ``large_models/trainer.py``'s zo_step / zo_update, on an HF masked LM or
+    causal LM (the label words' logits at each example's scoring position)."""
 
     def __init__(self, model, label_word_ids, lr: float, eps: float, weight_decay: float = 0.0):
         import numpy as np
@@ -216,7 +220,7 @@ class ReferenceMeZO:
 
         ids, mask, positions, labels = inputs
         with torch.inference_mode():
-            hidden = self.model.roberta(input_ids=ids, attention_mask=mask).last_hidden_state
+            hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
             logits = self.model.lm_head(hidden[torch.arange(len(ids), device=ids.device), positions])
             return F.cross_entropy(logits[:, self.label_word_ids].float(), labels).detach()
 
@@ -306,7 +310,17 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
     ap.add_argument("--profile", default="", help="write a profile of the runner's step per shape to this file")
+    ap.add_argument("--decoder", action="store_true", help="decoder MeZO (default model: the embedded Llama)")
+    ap.add_argument(
+        "--llama-random", action="store_true", help="write and use a SmolLM2-135M-shaped Llama, random weights"
+    )
+    ap.add_argument(
+        "--shared-prefix", type=int, default=0, help="decoder: the same N tokens before every prompt, shared"
+    )
     args = ap.parse_args()
+    args.decoder = args.decoder or args.llama_random
+    if args.decoder and args.model == "embedded-roberta":
+        args.model = "embedded-llama"
 
     import torch
 
@@ -319,6 +333,15 @@ def main() -> None:
         from pytest_sglang_runner.models.embedded import write_random_roberta
 
         args.model = str(write_random_roberta(Path(tempfile.mkdtemp(prefix="roberta-large-random-"))))
+    if args.llama_random:
+        from pytest_sglang_runner.models.embedded_llama import write_random_llama
+
+        args.model = str(write_random_llama(Path(tempfile.mkdtemp(prefix="llama-random-")), dtype=args.dtype))
+    from pytest_sglang_runner.mezo.causal_lm import HFCausalLM, SGLangCausalLM
+
+    RunnerLM = SGLangCausalLM if args.decoder else mezo.SGLangMaskedLM  # noqa: N806
+    HFLM = HFCausalLM if args.decoder else mezo.HFMaskedLM  # noqa: N806
+    shared = dict(share_prefix=True) if args.shared_prefix else {}
     most_tokens = max(w.batch * (w.seq or 96) for w in workloads)
     spec = RunnerSpec(
         model=args.model,
@@ -344,7 +367,7 @@ def main() -> None:
 
     def stepping(fn, workload):
         """``fn(batch)`` on the workload's batches, in the same order for every implementation."""
-        batches = workload.batches(config)
+        batches = workload.batches(config, args.decoder, args.shared_prefix)
         return lambda: fn(next(batches))
 
     def train_step(opt):
@@ -366,12 +389,15 @@ def main() -> None:
         # 1. The runner: inference peak, then MeZO (before any HF model takes GPU memory).
         for workload in workloads:
             row = rows.setdefault(workload, {})
-            drawn = list(itertools.islice(workload.batches(config), args.warmup, measured))
-            row["tokens"] = statistics.mean(sum(len(e.input_ids) for e in batch) for batch in drawn)
+            drawn = list(
+                itertools.islice(workload.batches(config, args.decoder, args.shared_prefix), args.warmup, measured)
+            )
+            shared_once = (len(drawn[0]) - 1) * (1 + args.shared_prefix) if args.shared_prefix else 0
+            row["tokens"] = statistics.mean(sum(len(e.input_ids) for e in batch) for batch in drawn) - shared_once
             row["padded_tokens"] = statistics.mean(len(b) * max(len(e.input_ids) for e in b) for b in drawn)
-            lm = mezo.SGLangMaskedLM(runner)
+            lm = RunnerLM(runner, **shared)
             objective = mezo.PromptObjective(lm, labels)
-            first = next(workload.batches(config))
+            first = next(workload.batches(config, args.decoder, args.shared_prefix))
             sync()
             base = torch.cuda.memory_allocated() if cuda else 0
             if cuda:
@@ -388,7 +414,7 @@ def main() -> None:
             row["mezo_peak"] = torch.cuda.max_memory_allocated() - base if cuda else None
             row["fp32_copy"] = 4 * sum(m.numel() for m in opt.masters)
             row["params"] = sum(m.numel() for m in opt.masters)
-            row["non_embedding"] = sum(m.numel() for v, m in zip(opt.views, opt.masters) if "embeddings" not in v.name)
+            row["non_embedding"] = sum(m.numel() for v, m in zip(opt.views, opt.masters) if "embed" not in v.name)
             row["kernel"], row["captured"] = opt.kernel, len(lm.captured_keys)
             row["captured_new"] = len(lm.captured_keys) - captured_before
             row["runner_fwd"] = median_ms(stepping(forward_once(objective), workload), args.steps, args.warmup, sync)
@@ -403,22 +429,26 @@ def main() -> None:
                 )
             lm.close()
             del opt, objective, lm
-            if workload.varying:  # the runner as it was before size buckets: eager, every step a new layout
-                eager = mezo.SGLangMaskedLM(runner, graphs=False)
-                opt = mezo.MeZO(eager.views, mezo.PromptObjective(eager, labels), lr=1e-6, eps=1e-3)
-                row["eager_step"] = median_ms(stepping(train_step(opt), workload), args.steps, args.warmup, sync)
-                eager.close()
-                del opt, eager
+            extra = {"eager_step": dict(graphs=False)} if workload.varying else {}  # before size buckets
+            if args.shared_prefix:
+                extra["unshared_step"] = {}  # the same batches, every prompt's prefix run again
+            for key, options in extra.items():
+                other = RunnerLM(runner, **options)
+                opt = mezo.MeZO(other.views, mezo.PromptObjective(other, labels), lr=1e-6, eps=1e-3)
+                row[key] = median_ms(stepping(train_step(opt), workload), args.steps, args.warmup, sync)
+                other.close()
+                del opt, other
         # 2. HF: the kit's MeZO, then the reference, each on its own copy of the weights.
-        from transformers import AutoModelForMaskedLM
+        from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
         model_path = factory.model_path()
-        load = lambda: AutoModelForMaskedLM.from_pretrained(model_path, dtype=dtype).to(device).eval()  # noqa: E731
+        auto = AutoModelForCausalLM if args.decoder else AutoModelForMaskedLM
+        load = lambda: auto.from_pretrained(model_path, dtype=dtype).to(device).eval()  # noqa: E731
         hf_kit, hf_reference = load(), load()
         pad = config.pad_token_id
         for workload in workloads:
             row = rows[workload]
-            lm = mezo.HFMaskedLM(hf_kit)
+            lm = HFLM(hf_kit)
             objective = mezo.PromptObjective(lm, labels)
             opt = mezo.MeZO(lm.views, objective, lr=1e-6, eps=1e-3)
             row["hf_step"] = median_ms(stepping(train_step(opt), workload), args.steps, args.warmup, sync)
@@ -458,7 +488,9 @@ def report(rows: dict, args, matmul_rate: float, bandwidth: float, card: str, at
     first = next(iter(rows.values()))
     print(
         f"device: {card}; sglang {sglang.__version__}, torch {torch.__version__}, transformers {transformers.__version__}; "
-        f"dtype {args.dtype}; attention {attention}; MeZO passes: {first['kernel']}"
+        f"dtype {args.dtype}; attention {attention}; MeZO passes: {first['kernel']}; "
+        + ("decoder, scored at the last position" if args.decoder else "masked LM, scored at <mask>")
+        + (f"; the same {args.shared_prefix} tokens before every prompt, shared" if args.shared_prefix else "")
     )
     print(
         f"model: {first['params'] / 1e6:.1f}M trainable parameters, {first['non_embedding'] / 1e6:.1f}M outside the embeddings"
@@ -489,6 +521,7 @@ def report(rows: dict, args, matmul_rate: float, bandwidth: float, card: str, at
             ("reference MeZO step (princeton-nlp, HF)", "ref_step"),
             ("kit MeZO step on HF", "hf_step"),
             ("kit MeZO step on the runner, eager (no graphs)", "eager_step"),
+            ("kit MeZO step on the runner, prefix not shared", "unshared_step"),
             ("**kit MeZO step on the runner**", "runner_step"),
             ("kit MeZO step on the runner, mean (captures included)", "runner_step_mean"),
         ]

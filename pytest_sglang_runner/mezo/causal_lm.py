@@ -5,7 +5,8 @@ cross-entropy over the label words' logits at that last position (`PromptObjecti
 for the masked LM: the scorers below give "the logits at each sequence's scoring position").
 `HFCausalLM` is the HF twin; `SGLangCausalLM` runs the runner's own decoder (SGLang's logits
 processor returns exactly the last position's logits) with its parameters under HF's names
-(`llama_views`). `DecoderPrompt` encodes sentiment examples for a decoder's tokenizer.
+(`llama_views`). `CandidateObjective` scores labels of several tokens; `DecoderPrompt` encodes
+sentiment examples for a decoder's tokenizer.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
-from .objective import Encoded, HFMaskedLM, SGLangMaskedLM
+from .objective import Encoded, HFMaskedLM, PromptObjective, SGLangMaskedLM
 
 LABEL_WORDS = {0: " terrible", 1: " great"}
 
@@ -72,6 +74,38 @@ class SGLangCausalLM(SGLangMaskedLM):
     @torch.no_grad()
     def mask_logits(self, prepared):
         return prepared().next_token_logits
+
+
+class CandidateObjective(PromptObjective):
+    """Labels of several tokens (MeZO's candidate form for decoders): candidate j's score is the sum
+    of its tokens' log-probabilities after the prompt, and the loss is the cross-entropy over the
+    candidates' scores. Each example becomes one sequence per candidate token, scored at its last
+    position (prompt + the candidate's tokens before it). With one-token candidates it is the
+    label-word loss of `PromptObjective` (the log-normaliser cancels in the softmax).
+    """
+
+    def __init__(self, lm, candidates: Sequence[Sequence[int]]):
+        super().__init__(lm, [c[0] for c in candidates])
+        self.candidates = [list(c) for c in candidates]
+
+    def prepare(self, examples: Sequence[Encoded]):
+        sequences, targets, owners = [], [], []
+        for i, example in enumerate(examples):
+            for j, candidate in enumerate(self.candidates):
+                for t, token in enumerate(candidate):
+                    sequences.append([*example.input_ids, *candidate[:t]])
+                    targets.append(token)
+                    owners.append(i * len(self.candidates) + j)
+        batch = self.lm.prepare(sequences, [len(ids) - 1 for ids in sequences])
+        device = self.lm.device
+        labels = torch.tensor([e.label for e in examples]).to(device, non_blocking=True)
+        return batch, labels, torch.tensor(targets).to(device), torch.tensor(owners).to(device), len(examples)
+
+    def scores(self, prepared) -> torch.Tensor:
+        batch, _, targets, owners, n_examples = prepared
+        logprobs = F.log_softmax(self.lm.mask_logits(batch).float(), dim=-1).gather(1, targets[:, None])[:, 0]
+        sums = torch.zeros(n_examples * len(self.candidates), device=logprobs.device).index_add_(0, owners, logprobs)
+        return sums.view(n_examples, len(self.candidates))
 
 
 class DecoderPrompt:

@@ -119,3 +119,37 @@ def write_embedded_llama(directory: Path) -> Path:
     train(model, sentences)
     model.save_pretrained(str(directory), safe_serialization=True)
     return directory
+
+
+# SmolLM2-135M-Instruct's shape (its config.json), for benchmarks that need a real size without its weights.
+SMOLLM2_SHAPE = dict(
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    vocab_size=49152,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    rope_theta=100000.0,
+    tie_word_embeddings=True,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=3,
+)
+
+
+def write_random_llama(directory: Path, shape: dict = SMOLLM2_SHAPE, dtype: str = "bfloat16") -> Path:
+    """A Llama of ``shape`` with random weights (seeded) and the embedded decoder tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    directory = Path(directory)
+    build_decoder_tokenizer(directory)
+    config = LlamaConfig(architectures=["LlamaForCausalLM"], dtype=dtype, **shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = LlamaForCausalLM(config).to(getattr(torch, dtype))
+    model.save_pretrained(str(directory), safe_serialization=True)
+    return directory

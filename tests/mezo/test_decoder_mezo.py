@@ -10,7 +10,8 @@ from pytest_sglang_runner import mezo
 from pytest_sglang_runner.mezo import sst2
 from pytest_sglang_runner.mezo.causal_lm import DecoderPrompt, HFCausalLM, SGLangCausalLM
 
-pytestmark = pytest.mark.sglang(model="embedded-llama", dtype="float32")
+# torch_native: on CUDA the triton kernels compute in TF32, coarser than the 1e-4 these tests hold to HF.
+pytestmark = pytest.mark.sglang(model="embedded-llama", dtype="float32", attention_backend="torch_native")
 
 
 @pytest.fixture
@@ -149,3 +150,33 @@ def test_a_shared_prefix_runs_once_and_changes_no_loss(runner, decoder_prompt, s
         shared_lm.close()
         plain_lm.close()
         mezo.load_canonical(shared_lm.views, start)
+
+
+def test_candidate_form_is_the_label_word_loss_for_one_token_and_matches_hf(
+    decoder_lm, fresh_hf_decoder, decoder_prompt, sentiment
+):
+    """Labels of several tokens: the sum of each candidate's token logprobs, on the runner as on HF;
+    one-token candidates give the label-word loss exactly (the log-normaliser cancels)."""
+    from pytest_sglang_runner.mezo.causal_lm import CandidateObjective
+
+    examples = decoder_prompt.encode_all(sentiment[:8])
+    words = decoder_prompt.label_word_ids
+    single = CandidateObjective(decoder_lm, [[w] for w in words])
+    plain = mezo.PromptObjective(decoder_lm, words)
+
+    def loss(objective):
+        prepared = objective.prepare(examples)
+        try:
+            return objective.loss(prepared)[0]
+        finally:
+            objective.release(prepared)
+
+    assert loss(single) == pytest.approx(loss(plain), rel=1e-6)
+    tokenizer = decoder_prompt.tokenizer
+    candidates = [tokenizer.encode(text, add_special_tokens=False) for text in (" dull and boring", " really great")]
+    assert min(map(len, candidates)) > 1
+    ours = CandidateObjective(decoder_lm, candidates)
+    theirs = CandidateObjective(HFCausalLM(fresh_hf_decoder()), candidates)
+    a, b = ours.prepare(examples), theirs.prepare(examples)
+    assert torch.allclose(ours.scores(a), theirs.scores(b), atol=1e-4)
+    ours.release(a)
