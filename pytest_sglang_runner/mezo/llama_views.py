@@ -13,20 +13,11 @@ from __future__ import annotations
 import torch
 
 from .params import ParamView
-from .tp_views import tp_rank_of, tp_view
+from .tp_views import hf_named_views, hf_shapes
 
 _FUSED = {"q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2)}
 _FUSED |= {"gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
 _PADDED_VOCAB = ("model.embed_tokens.weight", "lm_head.weight")
-
-
-def hf_causal_shapes(hf_config) -> list[tuple[str, tuple[int, ...]]]:
-    """HF's parameter names and full shapes, in HF's order, for a causal LM of this config (meta device)."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config)
-    return [(name, tuple(p.shape)) for name, p in model.named_parameters()]
 
 
 def llama_hf_to_sglang(name: str, hf_config) -> tuple[str, int, slice | None]:
@@ -48,26 +39,5 @@ def llama_hf_to_sglang(name: str, hf_config) -> tuple[str, int, slice | None]:
 
 def llama_sglang_views(model: torch.nn.Module, hf_config) -> list[ParamView]:
     """Views of an SGLang Llama-family causal LM's tensors under HF names, in HF order."""
-    from ..sglang_compat.bootstrap import tp_world_size
-
-    tp_size = tp_world_size()
-    params = dict(model.named_parameters())
-    modules = dict(model.named_modules())
-    tp_rank = tp_rank_of(model.model.embed_tokens, tp_size) if tp_size > 1 else 0
-    views, covered = [], set()
-    for name, full_shape in hf_causal_shapes(hf_config):
-        sglang_name, part, rows = llama_hf_to_sglang(name, hf_config)
-        tensor = params[sglang_name].data
-        if tp_size == 1:
-            view = tensor if rows is None else tensor[rows]
-            if tuple(view.shape) != full_shape:
-                raise NotImplementedError(f"{name}: SGLang holds {tuple(view.shape)}, HF {full_shape}")
-            views.append(ParamView(name, view))
-        else:
-            module = modules[sglang_name.rpartition(".")[0]]
-            views.append(tp_view(name, sglang_name, tensor, module, full_shape, tp_rank, tp_size, part))
-        covered.add(sglang_name)
-    missing = set(params) - covered
-    if missing:
-        raise ValueError(f"SGLang parameters with no HF counterpart (mapping out of date?): {sorted(missing)}")
-    return views
+    shapes = hf_shapes(hf_config, "AutoModelForCausalLM")
+    return hf_named_views(model, shapes, lambda name: llama_hf_to_sglang(name, hf_config), model.model.embed_tokens)

@@ -140,6 +140,10 @@ class MeZO:
         grad = self.projected_grad if projected_grad is None else projected_grad
         self._masters.passes.update(seed, self.lr, grad, self.weight_decay)
         self.on_weights_changed()
+        self._count_update(seed, grad)
+
+    def _count_update(self, seed: int, grad: float) -> None:
+        """An update is a step of the checkpoint (and of `global_step`) from when it is decided."""
         self.checkpoint.steps.append((seed, grad))
         self.global_step += 1
 
@@ -151,10 +155,8 @@ class MeZO:
         """
         loss1, _ = self._two_losses(examples)
         if defer_update:
-            self._pending = (self.zo_random_seed, self.projected_grad)
-            self.offset = -1.0
-            self.checkpoint.steps.append(self._pending)
-            self.global_step += 1
+            self._pending, self.offset = (self.zo_random_seed, self.projected_grad), -1.0
+            self._count_update(*self._pending)
             return loss1
         self.offset = 0.0  # the update below writes the new masters into every tensor
         self.zo_update()

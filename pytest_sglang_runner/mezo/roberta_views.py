@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .params import ParamView
-from .tp_views import tp_rank_of, tp_view
+from .tp_views import hf_named_views, hf_shapes
 
 _QKV = {"query": 0, "key": 1, "value": 2}
 
@@ -22,11 +22,7 @@ SGLANG_UNUSED = ("roberta.embeddings.position_ids",)
 
 def hf_canonical_shapes(hf_config) -> list[tuple[str, tuple[int, ...]]]:
     """HF's parameter names and full shapes, in HF's order, for a masked LM of this config (meta device)."""
-    from transformers import AutoModelForMaskedLM
-
-    with torch.device("meta"):
-        model = AutoModelForMaskedLM.from_config(hf_config)
-    return [(name, tuple(p.shape)) for name, p in model.named_parameters()]
+    return hf_shapes(hf_config, "AutoModelForMaskedLM")
 
 
 def hf_canonical_names(hf_config) -> list[str]:
@@ -60,25 +56,12 @@ def roberta_sglang_views(model: torch.nn.Module, hf_config=None) -> list[ParamVi
     parameters (LayerNorms, position and token-type embeddings, row-parallel biases, the LM
     head's dense, layer norm and bias) are whole on every rank and carry no shard.
     """
-    from ..sglang_compat.bootstrap import tp_world_size
-
-    tp_size = tp_world_size()
     config = hf_config if hf_config is not None else model.config
-    params = dict(model.named_parameters())
-    modules = dict(model.named_modules())
-    tp_rank = tp_rank_of(model.roberta.embeddings.word_embeddings, tp_size) if tp_size > 1 else 0
-    views, covered = [], set()
-    for name, full_shape in hf_canonical_shapes(config):
+
+    def locate(name: str) -> tuple[str, int, slice | None]:
         sglang_name, rows = roberta_hf_to_sglang(name, config.hidden_size, config.vocab_size)
-        tensor = params[sglang_name].data
-        if tp_size == 1:
-            views.append(ParamView(name, tensor if rows is None else tensor[rows]))
-        else:
-            module = modules[sglang_name.rpartition(".")[0]]
-            part = _QKV.get(name.split(".")[-2], 0) if "qkv_proj" in sglang_name else 0
-            views.append(tp_view(name, sglang_name, tensor, module, full_shape, tp_rank, tp_size, part))
-        covered.add(sglang_name)
-    missing = set(params) - covered - set(SGLANG_UNUSED)
-    if missing:
-        raise ValueError(f"SGLang parameters with no HF counterpart (mapping out of date?): {sorted(missing)}")
-    return views
+        return sglang_name, _QKV[name.split(".")[-2]] if "qkv_proj" in sglang_name else 0, rows
+
+    return hf_named_views(
+        model, hf_canonical_shapes(config), locate, model.roberta.embeddings.word_embeddings, SGLANG_UNUSED
+    )

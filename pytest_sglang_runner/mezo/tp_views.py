@@ -1,15 +1,68 @@
-"""One rank's part of an HF parameter, read from SGLang's tensor-parallel layers (any architecture).
+"""SGLang's tensors under HF's parameter names, for any architecture.
 
-SGLang splits each parallel layer its own way; `tp_view` knows them, so an architecture's
-mapping (`roberta_views`, `llama_views`) says only which HF parameter lives in which SGLang
-tensor and, for fused tensors, which part of it (``part``: the index among the fused pieces).
-Imports SGLang only when called.
+An architecture's mapping (`roberta_views`, `llama_views`) says only which HF parameter lives in
+which SGLang tensor and, for fused tensors, which part of it (``part``: the index among the fused
+pieces, and the rows at TP=1); `hf_named_views` walks HF's parameters with it, and under TP
+`tp_view` cuts each rank's part, knowing how SGLang splits each parallel layer. Imports SGLang
+only when called.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
+
 from .noise import Shard
 from .params import ParamView
+
+
+def hf_shapes(hf_config, auto_class: str) -> list[tuple[str, tuple[int, ...]]]:
+    """HF's parameter names and full shapes, in HF's order, for ``transformers.<auto_class>`` of
+    this config (built on the meta device)."""
+    import transformers
+
+    with torch.device("meta"):
+        model = getattr(transformers, auto_class).from_config(hf_config)
+    return [(name, tuple(p.shape)) for name, p in model.named_parameters()]
+
+
+def hf_named_views(
+    model: torch.nn.Module,
+    shapes: list[tuple[str, tuple[int, ...]]],
+    locate: Callable[[str], tuple[str, int, slice | None]],
+    embedding,
+    unused: tuple[str, ...] = (),
+) -> list[ParamView]:
+    """Views of ``model``'s tensors under HF's names and shapes (``shapes``, in HF's order).
+
+    ``locate(hf_name)`` gives (SGLang name, fused part, rows at TP=1 or None); ``embedding`` is the
+    vocab-parallel embedding whose split tells this rank's TP rank. Every SGLang parameter but
+    ``unused`` must be some HF parameter's home.
+    """
+    from ..sglang_compat.bootstrap import tp_world_size
+
+    tp_size = tp_world_size()
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    tp_rank = tp_rank_of(embedding, tp_size) if tp_size > 1 else 0
+    views, covered = [], set()
+    for name, full_shape in shapes:
+        sglang_name, part, rows = locate(name)
+        tensor = params[sglang_name].data
+        if tp_size == 1:
+            view = tensor if rows is None else tensor[rows]
+            if tuple(view.shape) != full_shape:
+                raise NotImplementedError(f"{name}: SGLang holds {tuple(view.shape)}, HF {full_shape}")
+            views.append(ParamView(name, view))
+        else:
+            module = modules[sglang_name.rpartition(".")[0]]
+            views.append(tp_view(name, sglang_name, tensor, module, full_shape, tp_rank, tp_size, part))
+        covered.add(sglang_name)
+    missing = set(params) - covered - set(unused)
+    if missing:
+        raise ValueError(f"SGLang parameters with no HF counterpart (mapping out of date?): {sorted(missing)}")
+    return views
 
 
 def tp_rank_of(embedding, tp_size: int) -> int:

@@ -201,12 +201,11 @@ class ModelCall:
                 values = self._staging_values(packed_lists, rows)
                 self._staging.copy_(self._staged(values, self._staging.dtype), non_blocking=True)
                 return
+        # Eager: the same lengths, so positions and plan stand; only the tokens and rows are new.
         fb, pinned = self.forward_batch, self.forward_batch.input_ids.is_cuda
         fb.input_ids.copy_(
             self._staged([t for seq in packed_lists for t in seq], fb.input_ids.dtype), non_blocking=pinned
         )
-        if self.bucket is not None:
-            fb.positions.copy_(self._staged(self.bucket.positions(), fb.positions.dtype), non_blocking=pinned)
         if rows is not None:
             self.rows.copy_(self._staged(list(rows), self.rows.dtype), non_blocking=pinned)
 
@@ -244,7 +243,7 @@ class ModelCall:
         with torch.cuda.graph(graph, pool=pool, stream=side):
             self.output = call()
         self.graph, self._captured_plan = graph, self._plan
-        if self.bucket is not None and self.request.skip_kv_cache_write:
+        if bucketed and self.request.skip_kv_cache_write:
             free_kv(self.runner)
             self.holds_kv = False
 
