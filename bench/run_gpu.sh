@@ -3,6 +3,7 @@
 # from the repo root, with .device carried; logs under $OUT:
 #   bash bench/run_gpu.sh LABEL [PYTEST ARGS...]      (default: LABEL=suite, the whole of tests/)
 #   BENCH=1 bash bench/run_gpu.sh ...                 (then the MeZO benchmark, docs/performance.md)
+#   BENCH_DECODER=1 bash bench/run_gpu.sh ...         (then the decoder MeZO benchmark)
 # Writes $OUT/machine.txt, $OUT/pytest_gpu_LABEL.log and $OUT/junit_LABEL.xml, and the output of each
 # example project that tests/test_examples.py runs (as written for a GPU) to $OUT/examples/FOLDER.log.
 set -uo pipefail
@@ -39,5 +40,15 @@ if [ "${BENCH:-0}" = 1 ]; then
       --shapes "${BENCH_SHAPES:-16x128,64x48,64x128,16xsst2,16xrt,64xsst2}" --steps 40 --warmup 40 \
       --profile "$OUT/profile_mezo_$dtype.txt" 2>&1 \
       | grep -vE '^(WARNING|INFO|\[)' | tee "$OUT/bench_mezo_$dtype.txt"
+  done
+fi
+# Decoder MeZO (issue #21): SmolLM2-135M's shape, random weights; fixed and varying lengths,
+# without and with 64 tokens of demonstrations that every prompt shares (run once per forward).
+if [ "${BENCH_DECODER:-0}" = 1 ]; then
+  for prefix in 0 64; do
+    python3 bench/mezo_step.py --llama-random --device cuda --dtype bfloat16 --attention-backend triton \
+      --shapes "${BENCH_DECODER_SHAPES:-16x128,64x48,16xrt,64xrt}" --shared-prefix $prefix --steps 40 --warmup 40 \
+      --profile "$OUT/profile_decoder_prefix$prefix.txt" 2>&1 \
+      | grep -vE '^(WARNING|INFO|\[)' | tee "$OUT/bench_decoder_prefix$prefix.txt"
   done
 fi

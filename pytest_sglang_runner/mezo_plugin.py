@@ -18,7 +18,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("sst2_dir", SST2_HELP, default=None)
 
 
-MARKERS = ("mezo_full: the MeZO paper setting (needs --sglang-model roberta-large and --sst2-dir)",)
+MARKERS = (
+    "mezo_full: the long MeZO runs: the paper setting (needs --sglang-model roberta-large and --sst2-dir) "
+    "and the decoder real run (needs a GPU and the optional packages of docs/mezo.md)",
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -216,7 +216,8 @@ def test_server_killed_mid_test(sglang_server):
     os.kill(sglang_server.process.pid, signal.SIGKILL)  # the leader only: its children are orphaned
     with pytest.raises(ServiceError, match="did not answer POST /v1/completions"):
         sglang_server.completions(["the film"], max_new_tokens=2)
-    assert _running_in_group(sglang_server.process.pid)  # the orphans: the next test's stop kills them
+    # Its children may outlive it (orphans the next test's setup must stop) or end themselves
+    # (SGLang's schedulers watch their parent): which, and how fast, is a race not to assert on.
 
 def test_next_test_gets_a_restarted_server(sglang_server):
     with open(os.environ["SERVICE_PIDS"]) as file:

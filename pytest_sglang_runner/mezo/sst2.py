@@ -19,7 +19,7 @@ import csv
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from ..errors import SST2Missing
 from .objective import Encoded
@@ -199,55 +199,3 @@ def write_synthetic_kshot(
             write_tsv(d / "dev.tsv", by_label[0][k : 2 * k] + by_label[1][k : 2 * k])
             write_tsv(d / "test.tsv", test)
     return Path(root)
-
-
-# --------------------------------------------------------------------------------------------
-# The paper protocol for one k-shot split
-
-
-def run_kshot(
-    make_optimizer: Callable[[], object],
-    prompt: SST2Prompt,
-    root: Path,
-    k: int,
-    seed: int,
-    *,
-    steps: int,
-    eval_every: int,
-    batch_size: int = 64,
-    progress: bool = False,
-) -> dict:
-    """Zero-shot test accuracy, then MeZO; test accuracy at the best dev accuracy (the reference's selection).
-
-    ``make_optimizer()`` must return a `MeZO` over the model at its *initial* weights.
-    """
-    data = {split: prompt.encode_all(rows) for split, rows in load_kshot(root, k, seed).items()}
-    opt = make_optimizer()
-    _, zero_shot = opt.evaluate(data["test"], batch_size)
-    best = {"dev": -1.0, "test": zero_shot, "step": 0}
-
-    def on_eval(o) -> None:
-        dev = o.history.eval_accuracy[-1]
-        if dev > best["dev"]:
-            best.update(dev=dev, test=o.evaluate(data["test"], batch_size)[1], step=o.global_step)
-
-    opt.train(
-        data["train"],
-        steps,
-        batch_size=batch_size,
-        eval_examples=data["dev"],
-        eval_every=eval_every,
-        on_eval=on_eval,
-        progress=progress,
-        data_seed=seed,
-    )
-    return dict(
-        k=k,
-        seed=seed,
-        zero_shot_test=zero_shot,
-        best_dev=best["dev"],
-        test=best["test"],
-        best_step=best["step"],
-        history=opt.history,
-        checkpoint=opt.checkpoint,
-    )

@@ -51,3 +51,20 @@ def write_smollm2(directory: Path) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def ensure_smollm2() -> Path:
+    """`write_smollm2` into the kit's model cache, keyed by the versions the bytes depend on like
+    the embedded models; written once, reused after (a ``.partial`` directory until complete)."""
+    from ..paths import models_cache_dir
+    from .embedded import bytes_key
+
+    directory = models_cache_dir() / bytes_key() / "smollm2-135m-instruct-fp32"
+    if not (directory / "model.safetensors").is_file():
+        staging = directory.with_suffix(".partial")
+        if staging.exists():
+            import shutil
+
+            shutil.rmtree(staging)
+        write_smollm2(staging).rename(directory)
+    return directory

@@ -4,17 +4,23 @@ steps; the real corpus and SmolLM2 where their optional packages are installed."
 
 from __future__ import annotations
 
+import bz2
+
 import pytest
 
 from pytest_sglang_runner import mezo
+from pytest_sglang_runner.mezo import protocol, sst2
 from pytest_sglang_runner.mezo import rotten_tomatoes as rt
-from pytest_sglang_runner.mezo import sst2
 from pytest_sglang_runner.mezo.causal_lm import DecoderPrompt, SGLangCausalLM
 
 
 def test_kshot_splits_follow_the_protocol(tmp_path):
-    corpus = rt.read_corpus(rt.write_synthetic_corpus(tmp_path / "corpus.csv.bz2", n=300))
+    compressed = rt.write_synthetic_corpus(tmp_path / "corpus.csv.bz2", n=300)
+    corpus = rt.read_corpus(compressed)
     assert len(corpus) == 300 and {e.label for e in corpus} == {0, 1}  # the plot rows are dropped
+    plain = tmp_path / "corpus.csv"
+    plain.write_bytes(bz2.decompress(compressed.read_bytes()))
+    assert rt.read_corpus(plain) == corpus  # a corpus of the same format, not compressed
     rt.write_kshot(corpus, tmp_path / "kshot", k=8, seeds=(13, 21), test_size=100)
     splits = {seed: sst2.load_kshot(tmp_path / "kshot", 8, seed) for seed in (13, 21)}
     for data in splits.values():
@@ -36,7 +42,7 @@ def test_the_real_corpus_reads_where_it_is_installed():
 
 @pytest.mark.sglang(model="embedded-llama", dtype="float32", attention_backend="torch_native")
 def test_kshot_protocol_on_the_embedded_decoder(runner, tmp_path, record_property):
-    """Zero-shot, then MeZO with dev-based selection (`sst2.run_kshot`), on the runner's decoder."""
+    """Zero-shot, then MeZO with dev-based selection (`protocol.run_kshot`), on the runner's decoder."""
     from transformers import AutoTokenizer
 
     corpus = rt.read_corpus(rt.write_synthetic_corpus(tmp_path / "corpus.csv.bz2", n=200))
@@ -46,7 +52,7 @@ def test_kshot_protocol_on_the_embedded_decoder(runner, tmp_path, record_propert
     start = mezo.canonical_state(lm.views)
     objective = mezo.PromptObjective(lm, prompt.label_word_ids)
     try:
-        result = sst2.run_kshot(
+        result = protocol.run_kshot(
             lambda: mezo.MeZO(lm.views, objective, lr=1e-3, eps=1e-2, seed=13),
             prompt,
             tmp_path / "kshot",

@@ -13,6 +13,7 @@ import statistics
 import pytest
 
 from pytest_sglang_runner import mezo, sst2
+from pytest_sglang_runner.mezo import protocol
 
 pytestmark = pytest.mark.mezo_full
 
@@ -73,7 +74,7 @@ def test_mezo_k16_matches_table_18(paper_inputs, runner, record_property):
 
     try:
         results = [
-            sst2.run_kshot(
+            protocol.run_kshot(
                 make,
                 prompt,
                 data,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_sglang_runner import mezo, sst2
+from pytest_sglang_runner.mezo import protocol
 
 
 def test_template_layout(prompt, tokenizer):
@@ -69,7 +70,7 @@ def test_paper_protocol_runs_on_synthetic_kshot(fresh_hf, prompt, tmp_path):
         mezo.load_canonical(lm.views, initial)
         return mezo.MeZO(lm.views, mezo.PromptObjective(lm, prompt.label_word_ids), lr=1e-3, eps=1e-3)
 
-    result = sst2.run_kshot(make, prompt, root, 16, 13, steps=20, eval_every=10, batch_size=64, progress=True)
+    result = protocol.run_kshot(make, prompt, root, 16, 13, steps=20, eval_every=10, batch_size=64, progress=True)
     assert 0.0 <= result["zero_shot_test"] <= 1.0 and result["best_step"] in (0, 10, 20)
     assert len(result["checkpoint"].steps) == 20 and result["history"].eval_step == [10, 20]
     png = result["history"].save_plot(tmp_path / "kshot.png")
