@@ -3,7 +3,8 @@
 A model directory whose config.json is not JSON, or whose safetensors file was cut short by a
 failed copy, would otherwise fail seconds into the build with a parser's traceback from inside
 SGLang. A hub id that is not in the local cache would fail there too (tests never download).
-Each check reads a few bytes per file, so the plugin runs them while parsing the options.
+Each check reads a few bytes per file, so the plugin runs them while parsing the options. A
+``tiny:ARCH`` name is checked against transformers' causal-LM class names (its name tables only).
 """
 
 from __future__ import annotations
@@ -80,3 +81,34 @@ def cached_hub_snapshot(model_id: str) -> str | None:
     except ValueError:  # not a valid repo id at all
         return None
     return os.path.dirname(config) if isinstance(config, str) else None
+
+
+def causal_lm_classes() -> dict[str, str]:
+    """{class name: model_type} of transformers' causal-LM auto mapping (a ``*_text`` model_type
+    wins): its name table, no model imported."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    names: dict[str, str] = {}
+    for model_type, class_name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items():
+        for name in (class_name,) if isinstance(class_name, str) else class_name:
+            if name not in names or model_type.endswith("_text"):
+                names[name] = model_type
+    return names
+
+
+def check_tiny_architecture(option: str, architecture: str) -> None:
+    """``tiny:ARCH`` names a causal-LM class transformers has, or a usage error says the closest."""
+    import difflib
+    from importlib.metadata import version
+
+    known = causal_lm_classes()
+    if architecture not in known:
+        lower = {name.lower(): name for name in known}
+        started = sorted((n for n in known if n.lower().startswith(architecture.lower())), key=len)
+        close = started[:1] or [
+            lower[n] for n in difflib.get_close_matches(architecture.lower(), lower, n=1, cutoff=0.6)
+        ]
+        hint = f"; did you mean {close[0]}?" if close else " (a class name such as MixtralForCausalLM)"
+        raise SpecError(
+            f"{option} tiny:{architecture}: transformers {version('transformers')} has no causal-LM class of that name{hint}"
+        )

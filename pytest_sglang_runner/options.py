@@ -21,6 +21,8 @@ DEVICES = ("auto", "cuda", "cpu")
 # Models the kit writes itself (models/embedded.py); "embedded" alone means the default.
 EMBEDDED_MODELS = ("embedded-roberta", "embedded-llama")
 DEFAULT_MODEL = "embedded-roberta"
+# ``tiny:ARCH``: a tiny random checkpoint of any architecture transformers knows (models/tiny.py).
+TINY_PREFIX = "tiny:"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -75,12 +77,15 @@ def _seconds(option: str) -> Callable[[Any], float]:
 
 def _model(option: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
-        from .model_dir import cached_hub_snapshot, check_model_dir
+        from .model_dir import cached_hub_snapshot, check_model_dir, check_tiny_architecture
 
         text = str(value).strip()
         if not text or text == "embedded":
             return DEFAULT_MODEL
         if text in EMBEDDED_MODELS:
+            return text
+        if text.startswith(TINY_PREFIX):
+            check_tiny_architecture(option, text[len(TINY_PREFIX) :])
             return text
         expanded = os.path.expanduser(text)
         if os.path.exists(expanded):
@@ -150,7 +155,7 @@ OPTIONS: tuple[Option, ...] = (
     _option(
         "model",
         "model directory, a model id in the local HF cache, or one the kit writes: embedded-roberta (default), "
-        "embedded-llama",
+        "embedded-llama, or tiny:ARCH (a tiny random checkpoint of any architecture, e.g. tiny:MixtralForCausalLM)",
         _model,
         metavar="PATH_OR_ID",
     ),
@@ -244,6 +249,11 @@ class RunnerSpec:
     @property
     def uses_embedded_model(self) -> bool:
         return self.model in EMBEDDED_MODELS
+
+    @property
+    def tiny_architecture(self) -> str | None:
+        """``ARCH`` of a ``tiny:ARCH`` model, else None."""
+        return self.model[len(TINY_PREFIX) :] if self.model.startswith(TINY_PREFIX) else None
 
     def with_overrides(self, **overrides: Any) -> RunnerSpec:
         """A copy with marker/factory overrides applied; unknown keys go to ServerArgs, and the

@@ -1,8 +1,8 @@
 """Decoder LLMs end to end on the real runner: prefill logits, greedy decode, logprobs, EOS, KV pool, CUDA graphs.
 
-The decoders are the kit's embedded-llama and tiny Llama, Qwen2, Qwen3, Mistral and GPT-2
-checkpoints this module writes with transformers (seeded random weights, initialised wide enough
-for clear top-1 margins, with the embedded decoder tokenizer). On CPU the runner runs float32 and
+The decoders are the kit's embedded-llama and its tiny Llama, Qwen2, Qwen3, Mistral and GPT-2
+checkpoints (`tiny_checkpoint`: seeded random weights with clear top-1 margins, the embedded
+decoder tokenizer), each copied with the EOS its greedy decode reaches at step 4. On CPU the runner runs float32 and
 must give HF's tokens exactly. On a GPU it runs bfloat16 (sgl_kernel has no float32 RMSNorm),
 against HF in bfloat16 on the same GPU, and must pass the rank and tolerance rules. There both
 sides compute the LM head in float32 (``enable_fp32_lm_head``): bfloat16 rounds a logit of 8 to
@@ -12,39 +12,34 @@ steps of 0.0625, the size of the tolerance itself, and that rounding is not what
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 
 from pytest_sglang_runner import devices
-from pytest_sglang_runner.compare import assert_logprobs_close, assert_tokens_equal, max_logprob_differences
+from pytest_sglang_runner.compare import (
+    BFLOAT16_TOLERANCES,
+    assert_logprobs_close,
+    assert_tokens_equal,
+    max_logprob_differences,
+)
 from pytest_sglang_runner.errors import SpecError
-from pytest_sglang_runner.models.embedded_llama import build_decoder_tokenizer
 from pytest_sglang_runner.reference import HFRunner
 
 # Different lengths; the embedded decoder ends some early with EOS.
 PROMPTS = ["the film was", "the music and the film were very", "It", "this story is really good ! the acting"]
 MAX_NEW_TOKENS = 16
 
-# SGLang's tolerance defaults (5e-2 prompt, 6e-2 output) were set for float16. bfloat16 keeps three
-# fewer mantissa bits: two correct implementations already differ by ~0.06 on a logprob of -6
-# (relative error ~1e-2). So bfloat16 gets twice SGLang's tolerances; docs/gpu.md has the maxima measured.
-BFLOAT16_TOLERANCES = dict(prefill_tolerance=1e-1, decode_tolerance=1.2e-1)
 
-SMALL = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-)
+# The tiny checkpoints (`tiny_checkpoint`: seeded random weights, the LM head scaled for clear
+# top-1 margins, the embedded decoder tokenizer) of these architectures.
 ARCHITECTURES = {
-    "llama": ("LlamaConfig", SMALL),
-    "qwen2": ("Qwen2Config", SMALL),
-    "qwen3": ("Qwen3Config", dict(SMALL, head_dim=16)),
-    "mistral": ("MistralConfig", SMALL),
-    "gpt2": ("GPT2Config", dict(n_embd=64, n_layer=2, n_head=4, n_positions=256)),
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
 }
 
 
@@ -56,19 +51,9 @@ def _set_eos(directory, eos: int) -> None:
         path.write_text(json.dumps(config, indent=2))
 
 
-def write_decoder(kind: str, directory, dtype: str, device: str):
-    """A tiny random ``kind`` checkpoint whose EOS is the token its greedy decode of PROMPTS[0] reaches at step 4."""
-    import transformers
-
-    config_class, shape = ARCHITECTURES[kind]
-    tokenizer = build_decoder_tokenizer(directory)
-    config = getattr(transformers, config_class)(
-        vocab_size=len(tokenizer), initializer_range=0.2, bos_token_id=0, eos_token_id=1, pad_token_id=3, **shape
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = transformers.AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(str(directory))
+def write_decoder(checkpoint, directory, dtype: str, device: str):
+    """A copy of ``checkpoint`` whose EOS is the token its greedy decode of PROMPTS[0] reaches at step 4."""
+    shutil.copytree(checkpoint, directory, dirs_exist_ok=True)
     continuation = HFRunner(directory, dtype=dtype, device=device).generate(
         PROMPTS[:1], max_new_tokens=8, top_logprobs=None, ignore_eos=True
     )
@@ -92,7 +77,7 @@ def decoder_dtype(runner_factory, decoder_device) -> str:
 
 
 @pytest.fixture(scope="module", params=["embedded-llama", *ARCHITECTURES])
-def decoder(request, tmp_path_factory, runner_factory, decoder_dtype, decoder_device) -> dict:
+def decoder(request, tmp_path_factory, runner_factory, tiny_checkpoint, decoder_dtype, decoder_device) -> dict:
     """Runner overrides for one decoder: its model (name or directory) and the test dtype."""
     model = request.param
     if model in ARCHITECTURES:
@@ -101,7 +86,8 @@ def decoder(request, tmp_path_factory, runner_factory, decoder_dtype, decoder_de
             if decoder_device == "cpu"
             else f"cuda:{devices.gpu_ids_for_worker(runner_factory.worker_index, 1)[0]}"
         )
-        model = str(write_decoder(model, tmp_path_factory.mktemp(model), decoder_dtype, hf_device))
+        checkpoint = tiny_checkpoint(ARCHITECTURES[model])
+        model = str(write_decoder(checkpoint, tmp_path_factory.mktemp(model), decoder_dtype, hf_device))
     half = {} if decoder_dtype == "float32" else dict(enable_fp32_lm_head=True)
     return dict(model=model, dtype=decoder_dtype, **half)
 
@@ -191,8 +177,8 @@ def test_cuda_graph_decode_replays_graphs_and_gives_the_eager_tokens(runner_fact
 
 
 @pytest.mark.sglang_gpu(1)
-def test_float32_on_cuda_runs_or_is_a_usage_error_naming_bfloat16(runner_factory, tmp_path, record_property):
-    path = str(write_decoder("llama", tmp_path / "llama", "float32", "cpu"))
+def test_float32_on_cuda_runs_or_is_a_usage_error_naming_bfloat16(runner_factory, tiny_checkpoint, record_property):
+    path = str(tiny_checkpoint("LlamaForCausalLM"))
     try:
         live = runner_factory.get(model=path, dtype="float32")
     except SpecError as exc:

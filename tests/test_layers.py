@@ -19,7 +19,7 @@ LAYERS = (
     ("settings and process helpers", {"options", "model_dir", "devices", "ports", "timeouts"}),
     ("models", {"models"}),
     ("runner, references, comparisons", {"runner", "reference", "compare"}),
-    ("services, MeZO", {"services", "mezo"}),
+    ("services, MeZO, coverage", {"services", "mezo", "coverage"}),
     ("pytest plugins", {"plugin", "mezo_plugin"}),
     (
         "the package and its old module paths",

@@ -37,6 +37,12 @@ def assert_one_line_usage_error(result, expected):
             "--sglang-model 'embeded-llama': no such model; did you mean embedded-llama?",
         ),
         (["--sglang-model=embedded-lama"], "", "did you mean embedded-llama?"),
+        (
+            ["--sglang-model=tiny:MixtralForCausalLm"],
+            "",
+            "--sglang-model tiny:MixtralForCausalLm: transformers 5.",
+        ),
+        ([], "sglang_model = tiny:Qwen3MoE", "has no causal-LM class of that name; did you mean Qwen3MoeForCausalLM?"),
     ],
 )
 def test_a_near_miss_name_is_a_usage_error_with_a_did_you_mean(pytester, schema_cache, args, ini, expected):

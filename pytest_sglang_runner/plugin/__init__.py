@@ -5,7 +5,8 @@ fixtures; the work is in `runner.RunnerFactory` and `services.ServiceFactory`.
   cleanup registered once;
 - `settings`: a test's settings as one value (factory fixture, markers, time limit, every-rank);
 - `fixtures`: ``runner_factory``, ``sglang_live``, ``runner``, ``sglang_forward``, ``sglang_rank``,
-  ``sglang_model_path``, ``hf_model``, ``hf_runner``, ``sglang_engine``, ``sglang_server``;
+  ``sglang_model_path``, ``hf_model``, ``hf_runner``, ``sglang_engine``, ``sglang_server``,
+  ``tiny_checkpoint``;
 - `factories`: named fixtures for per-test configs (``factories.sglang_runner(...)``);
 - `collection` / `every_rank` / `xdist` / `report`: ordering and grouping, the every-rank mode,
   pytest-xdist, the terminal.
@@ -28,6 +29,7 @@ from .fixtures import (
     sglang_model_path,
     sglang_rank,
     sglang_server,
+    tiny_checkpoint,
 )
 from .keys import factory_key, services_key
 from .report import pytest_report_header, pytest_sessionfinish, pytest_terminal_summary
@@ -54,5 +56,6 @@ __all__ = [
     "sglang_model_path",
     "sglang_rank",
     "sglang_server",
+    "tiny_checkpoint",
     "spec_from_config",
 ]

@@ -7,8 +7,10 @@ not start) fails the test alone with a few lines naming the setting and the fix
 
 from __future__ import annotations
 
+import functools
 import traceback
-from typing import TYPE_CHECKING, Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import pytest
 
@@ -109,6 +111,16 @@ def sglang_model_path(request: pytest.FixtureRequest, runner_factory: RunnerFact
         return runner_factory.model_path(runner_factory.spec_for(**settings_for(request).overrides))
     except SGLangRunnerError as exc:
         fail_setup(request, exc)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(runner_factory: RunnerFactory) -> Callable[..., Path]:
+    """``tiny_checkpoint("MixtralForCausalLM", num_local_experts=8)``: the directory of a tiny random
+    checkpoint of any architecture transformers knows, written once into the kit's model cache
+    (`models.tiny.tiny_checkpoint`); ``--sglang-model tiny:ARCH`` is the same without overrides."""
+    from ..models.tiny import tiny_checkpoint as write
+
+    return functools.partial(write, root=runner_factory.cache_root)
 
 
 @pytest.fixture

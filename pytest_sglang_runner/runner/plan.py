@@ -33,12 +33,16 @@ def model_config(model_path: str) -> dict:
 
 
 def resolve_model_path(spec: RunnerSpec, cache_root: Path, announce=None) -> str:
-    """A local model directory: the embedded model (``announce`` is told when it is written), the
-    given directory, or a cached hub snapshot."""
+    """A local model directory: the embedded model (``announce`` is told when it is written), a
+    tiny checkpoint, the given directory, or a cached hub snapshot."""
     if spec.uses_embedded_model:
         from ..models.embedded import ensure_embedded_model
 
         return str(ensure_embedded_model(cache_root, spec.model, announce))
+    if spec.tiny_architecture:
+        from ..models.tiny import tiny_checkpoint
+
+        return str(tiny_checkpoint(spec.tiny_architecture, cache_root))
     if os.path.isdir(spec.model):
         return spec.model
     snapshot = cached_hub_snapshot(spec.model)

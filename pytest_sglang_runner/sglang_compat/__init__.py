@@ -3,8 +3,13 @@
 - `process`: the environment SGLang reads at import, the import itself, which bootstrap API it has;
 - `server_args`: ``--sglang-arg KEY=VALUE`` checked and typed against this SGLang's ``ServerArgs``;
 - `bootstrap`: one rank's ModelRunner built in the order this SGLang needs, and torn down;
-- `shims`: what a plain install cannot run as it stands (CPU layers, dropped config attributes,
-  kernels without a dtype) and what the kit does about it;
+- `shims`: what a plain install cannot run as it stands (CPU layers, kernels without a dtype, the
+  rendezvous, the conv-state dtype) and what the kit does about it;
+- `config_gaps`: config attributes transformers 5 dropped or moved that SGLang's model classes still
+  read, filled per ``model_type`` from the new layout (Gemma2, DeepSeek V2/V3, Qwen3-Next, Mamba2, ...);
+- `cpu_ops`: torch stand-ins for SGLang functions that exist only as Triton/CUDA kernels (MoE gates
+  and experts, logit soft-cap, causal conv1d, the Mamba2 scan, attention sinks, MLA on torch_native),
+  installed once per process for plain CPU runners and dispatching on the tensor's device;
 - `batches`: extend batches through the scheduler's own preparation, the runner's limits and KV pool;
 - `decoding`: greedy decode steps as the scheduler runs them;
 - `graphs`: one extend batch straight through ``runner.model``, eager or as a CUDA graph, exact or

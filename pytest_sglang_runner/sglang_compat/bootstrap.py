@@ -17,9 +17,10 @@ the process tree, the forced ``spawn`` start method).
 
 from __future__ import annotations
 
+from .config_gaps import fill_config_gaps, fill_config_gaps_while_parsing
 from .process import cpu_threads_bind, detect_api
 from .server_args import resolved
-from .shims import cpu_native_layers, default_dtype_kept, fill_config_gaps, loopback_rendezvous
+from .shims import cpu_native_layers, default_dtype_kept, float32_conv_state, loopback_rendezvous
 
 
 def build_model_runner(server_args, *, tp_rank: int, gpu_id: int, dist_port: int, device: str):
@@ -29,12 +30,14 @@ def build_model_runner(server_args, *, tp_rank: int, gpu_id: int, dist_port: int
         cpu_threads_bind(device, server_args.tp_size),
         loopback_rendezvous(),
         default_dtype_kept(),
+        float32_conv_state(getattr(server_args, "dtype", None)),
     ):
         return _build(server_args, tp_rank=tp_rank, gpu_id=gpu_id, dist_port=dist_port, device=device)
 
 
 def _build(server_args, *, tp_rank: int, gpu_id: int, dist_port: int, device: str):
     api = detect_api()
+    fill_config_gaps_while_parsing()
     from sglang.srt.configs.model_config import ModelConfig
     from sglang.srt.model_executor.model_runner import ModelRunner
 

@@ -19,9 +19,10 @@ from typing import Any, Sequence
 
 from ..errors import ServiceError
 from ..results import Generation, TokenLogprob
+from .config_gaps import fill_config_gaps, fill_config_gaps_while_parsing
 from .process import prepare_process
 from .server_args import server_arg_fields
-from .shims import fill_config_gaps, use_cpu_native_layers, use_loopback_rendezvous
+from .shims import use_cpu_native_layers, use_loopback_rendezvous
 
 SERVING_DEVICE_ENV = "PYTEST_SGLANG_SERVING_DEVICE"  # set by the kit for the host and SGLang's children
 
@@ -30,13 +31,15 @@ def prepare_serving_process() -> None:
     """In an Engine/server host and in each process SGLang spawns from it, before SGLang builds a model."""
     device = os.environ.get(SERVING_DEVICE_ENV, "cuda")
     prepare_process(device)
-    use_cpu_native_layers(device)  # for the life of the process: it builds one model
+    use_cpu_native_layers(device)  # for the life of the process: it builds one model (+ cpu_ops)
     use_loopback_rendezvous()  # the scheduler's dist rendezvous would listen on every interface
     _fill_config_gaps_on_load()
 
 
 def _fill_config_gaps_on_load() -> None:
     from sglang.srt.configs.model_config import ModelConfig
+
+    fill_config_gaps_while_parsing()
 
     if getattr(ModelConfig.__init__, "_kit_fills_gaps", False):
         return

@@ -6,8 +6,19 @@
   ``RotaryEmbedding`` imports vLLM's ``rotary_embedding`` (``No module named 'vllm'``).
   `cpu_native_layers` makes those layers take SGLang's own torch path (``forward_native``)
   while a CPU runner is built, and puts the flags back afterwards.
-* **Config attributes transformers 5 dropped** that SGLang's model classes still read
-  (``position_embedding_type`` for BERT and RoBERTa): `fill_config_gaps` sets their old defaults.
+  The same call installs `cpu_ops` once per process: torch stand-ins for functions SGLang has
+  only as Triton/CUDA kernels (MoE gates and experts, the logit soft-cap, causal conv1d and the
+  Mamba2 scan, attention sinks and MLA on torch_native; the list is in `cpu_ops`), each
+  dispatching on the tensor's device so a CUDA runner in the same process keeps SGLang's kernels.
+  A further flag, Ernie 4.5's ``_is_cpu``, squeezes its router bias the way the CPU top-k needs.
+* **Config attributes transformers 5 dropped or moved** that SGLang's model classes still read
+  (``position_embedding_type`` for BERT and RoBERTa, Gemma2's ``hidden_act``, DeepSeek's router
+  fields, Qwen3-Next's ``full_attention_interval``, ...): `config_gaps.fill_config_gaps` (re-exported
+  here) sets them where absent.
+* **A hybrid model's conv-state cache in bfloat16 whatever ``--dtype`` says.** SGLang keeps the
+  mamba/short-conv state in ``SGLANG_MAMBA_CONV_DTYPE`` (default bfloat16): a float32 LFM2 decode
+  then drifts from HF by ~3e-2 in logprob. `float32_conv_state` sets it to float32 while a
+  float32 runner is built (unless the user set it).
 * **Kernels without a dtype.** sgl_kernel's CUDA RMSNorm has no float32 kernel ("rmsnorm(...)
   failed to dispatch data type Float"); `refused_dtype` reads that from an error, so the build
   can name ``--sglang-dtype bfloat16`` instead of showing SGLang's traceback.
@@ -32,14 +43,17 @@ import importlib
 import re
 from typing import Callable, Iterator
 
+from .config_gaps import _DROPPED_CONFIG_DEFAULTS, fill_config_gaps  # noqa: F401  (re-exported)
 from .process import uses_cpu_engine
 
 # (module, flag): module-level "am I on CPU" flags that decide, when a layer is built, between
 # SGLang's torch implementation and a CUDA/vLLM fallback kernel.
-_CPU_LAYER_FLAGS = (("sglang.srt.layers.rotary_embedding.base", "_is_cpu"),)
-
-# transformers 5 removed these config attributes; SGLang still reads them (value: the old default).
-_DROPPED_CONFIG_DEFAULTS = {"position_embedding_type": "absolute"}
+_CPU_LAYER_FLAGS = (
+    ("sglang.srt.layers.rotary_embedding.base", "_is_cpu"),
+    # Ernie 4.5 MoE squeezes its (1, experts) router correction bias to 1-D only on CPU/NPU; the
+    # torch-native top-k cannot take it 2-D ("Index tensor must have the same number of dimensions").
+    ("sglang.srt.models.ernie4", "_is_cpu"),
+)
 
 _DISPATCH_FAILURE = re.compile(r"failed to dispatch data type (\w+)")
 _NO_CPU_KERNEL = re.compile(r"Could not run '([\w:.]+)' with arguments from the 'CPU' backend")
@@ -49,9 +63,13 @@ _TORCH_DTYPE_NAMES = {"Float": "float32", "Half": "float16", "BFloat16": "bfloat
 
 def use_cpu_native_layers(device: str) -> list[tuple]:
     """From now on, layers built in this process choose SGLang's native torch implementations
-    (plain CPU only); returns what was changed, for `cpu_native_layers` to put back."""
+    (plain CPU only); returns what was changed, for `cpu_native_layers` to put back. Also installs
+    `cpu_ops`' torch stand-ins (once per process, never undone: they dispatch on the device)."""
     if device != "cpu" or uses_cpu_engine():
         return []
+    from .cpu_ops import install_cpu_ops
+
+    install_cpu_ops()
     saved = []
     for module_name, flag in _CPU_LAYER_FLAGS:
         try:
@@ -75,13 +93,23 @@ def cpu_native_layers(device: str):
             setattr(module, flag, value)
 
 
-def fill_config_gaps(hf_config) -> None:
-    """Give a transformers 5 config the attributes SGLang's model classes still read."""
-    configs = [hf_config] + [getattr(hf_config, name, None) for name in ("text_config",)]
-    for config in filter(None, configs):
-        for name, default in _DROPPED_CONFIG_DEFAULTS.items():
-            if getattr(config, name, None) is None:
-                setattr(config, name, default)
+_CONV_STATE_DTYPE_ENV = "SGLANG_MAMBA_CONV_DTYPE"
+
+
+@contextlib.contextmanager
+def float32_conv_state(dtype: str | None) -> Iterator[None]:
+    """While a float32 runner is built, SGLang's mamba conv-state cache is float32 too (SGLang's
+    default, bfloat16, is independent of the model dtype); a value the user set is kept."""
+    import os
+
+    if str(dtype) not in ("float32", "torch.float32") or _CONV_STATE_DTYPE_ENV in os.environ:
+        yield
+        return
+    os.environ[_CONV_STATE_DTYPE_ENV] = "float32"
+    try:
+        yield
+    finally:
+        os.environ.pop(_CONV_STATE_DTYPE_ENV, None)
 
 
 def _search_chain(exc: BaseException | None, pattern: re.Pattern) -> re.Match | None:

@@ -1,0 +1,96 @@
+"""Every architecture SGLang and transformers share, as a tiny checkpoint on the runner against HF
+(issue #22): each ends as recorded, a pass or a named reason, never as a silent skip.
+
+The outcomes are recorded per device and SGLang version in ``docs/coverage/`` (written by
+``python bench/arch_sweep.py --record``) and rendered into docs/coverage.md by
+``docs/gen_coverage.py``. Here each architecture must end as recorded: a recorded failure reruns
+and must fail the same way (then it is an xfail carrying its reason); a new pass or a new failure
+fails the test, saying how to re-record. On CPU: float32, prefill within 1e-4, equal greedy tokens;
+on a GPU: bfloat16 under the logprob rules, CUDA graphs on and off.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pytest_sglang_runner import coverage
+from pytest_sglang_runner.sglang_compat.process import installed_version
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDED = ROOT / "docs" / "coverage"
+VERSION = installed_version()
+# (record key, dtype, runner overrides) per mode this machine runs.
+# Both sides compute the LM head in float32 on the GPU, as tests/test_decoder.py explains.
+MODES = (
+    [
+        ("cuda-graphs", "bfloat16", dict(disable_cuda_graph=False, enable_fp32_lm_head=True)),
+        ("cuda-eager", "bfloat16", dict(enable_fp32_lm_head=True)),
+    ]
+    if torch.cuda.is_available()
+    else [("cpu", "float32", dict(device="cpu"))]
+)
+REFERENCE_RECORD = coverage.load_recorded(RECORDED, "cpu", "0.5.23")  # the architecture list, for any version
+ARCHITECTURES = sorted((coverage.load_recorded(RECORDED, "cpu", VERSION) or REFERENCE_RECORD)["architectures"])
+
+
+@pytest.mark.parametrize("mode", [m[0] for m in MODES])
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_architecture_ends_as_recorded(architecture, mode, runner_factory, record_property):
+    key, dtype, overrides = next(m for m in MODES if m[0] == mode)
+    record = coverage.check_architecture(runner_factory, architecture, dtype=dtype, **overrides)
+    record_property("coverage", json.dumps(record))
+    recorded = coverage.load_recorded(RECORDED, key, VERSION)
+    expected = (recorded or {}).get("architectures", {}).get(architecture)
+    if expected is None:
+        if record["status"] != "pass":
+            pytest.xfail(
+                f"{record['status']}: {coverage.reason_of(record)} (nothing recorded for {key}, SGLang {VERSION})"
+            )
+        return
+    actual = coverage.signature(record)
+    if actual != expected["signature"]:
+        pytest.fail(
+            f"{architecture} ({key}, SGLang {VERSION}) was recorded as {expected['signature']!r}, now ends as "
+            f"{actual!r}{': ' + record.get('reason', '') if record['status'] != 'pass' else ''}. If that is the "
+            "change you meant: python bench/arch_sweep.py --record && python docs/gen_coverage.py > docs/coverage.md",
+            pytrace=False,
+        )
+    if record["status"] != "pass":
+        pytest.xfail(f"{record['status']}: {expected['reason']}")
+
+
+def test_the_record_lists_every_shared_architecture():
+    """A new SGLang or transformers that shares another architecture needs a new record."""
+    from pytest_sglang_runner.models.tiny import shared_architectures
+
+    recorded = coverage.load_recorded(RECORDED, "cpu", VERSION)
+    assert recorded is not None, f"no CPU record for SGLang {VERSION}: python bench/arch_sweep.py --record"
+    assert sorted(recorded["architectures"]) == shared_architectures()
+
+
+def test_the_coverage_page_is_generated_from_the_records():
+    generated = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "gen_coverage.py")], capture_output=True, text=True, check=True
+    ).stdout
+    assert (ROOT / "docs" / "coverage.md").read_text() == generated, (
+        "run: python docs/gen_coverage.py > docs/coverage.md"
+    )
+
+
+def test_tiny_checkpoints_are_cached_and_a_bad_name_is_named(tiny_checkpoint):
+    from transformers import AutoConfig
+
+    from pytest_sglang_runner.errors import SpecError
+
+    first = tiny_checkpoint("Qwen3MoeForCausalLM", num_experts=8)
+    assert tiny_checkpoint("Qwen3MoeForCausalLM", num_experts=8) == first
+    assert AutoConfig.from_pretrained(first).num_experts == 8  # an override wins over TINY's 4
+    assert tiny_checkpoint("Qwen3MoeForCausalLM") != first  # another recipe, another directory
+    with pytest.raises(SpecError, match="tiny:MixtralForCausalLm: transformers .* did you mean MixtralForCausalLM"):
+        tiny_checkpoint("MixtralForCausalLm")
