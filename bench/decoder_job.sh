@@ -33,7 +33,7 @@ case $call in
     export PYTHONPATH=$(bash bench/decoder_assets.sh install)${PYTHONPATH:+:$PYTHONPATH}
     source .device/env.sh
     model=$(python3 -c "from pytest_sglang_runner.models.smollm2 import ensure_smollm2; print(ensure_smollm2())")
-    python3 bench/mezo_step.py --decoder --model $model --device cuda --dtype float32 --attention-backend triton \
+    python3 bench/mezo_step.py --decoder --model $model --device cuda --dtype bfloat16 --attention-backend triton \
       --shapes 16xrt --steps 40 --warmup 20 2>&1 | grep -vE '^(WARNING|INFO|\[)' | tee "$OUT/bench_smollm2.txt"
     python3 - "$OUT/bench_smollm2.txt" "$STEP_BUDGET_S" > /tmp/assets/steps <<'PY'
 import sys

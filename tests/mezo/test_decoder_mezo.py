@@ -11,7 +11,11 @@ from pytest_sglang_runner.mezo import sst2
 from pytest_sglang_runner.mezo.causal_lm import DecoderPrompt, HFCausalLM, SGLangCausalLM
 
 # torch_native: on CUDA the triton kernels compute in TF32, coarser than the 1e-4 these tests hold to HF.
-pytestmark = pytest.mark.sglang(model="embedded-llama", dtype="float32", attention_backend="torch_native")
+# Float32 itself: `float32_decoder` skips where this SGLang's CUDA kernels lack it.
+pytestmark = [
+    pytest.mark.sglang(model="embedded-llama", dtype="float32", attention_backend="torch_native"),
+    pytest.mark.usefixtures("float32_decoder"),
+]
 
 
 @pytest.fixture

@@ -9,7 +9,9 @@ Settings come from the environment so that one job can be split over calls of a 
 (each run's result is saved as it ends; `bench/decoder_run_report.py` merges them):
 
 - ``MEZO_RUN_KS`` (``16,512``), ``MEZO_RUN_SEEDS`` (``13,21,42,87,100``), ``MEZO_RUN_STEPS`` (4000),
-  ``MEZO_RUN_EVAL_EVERY`` (steps / 10), ``MEZO_RUN_BATCH`` (16), ``MEZO_RUN_EPS`` (1e-3);
+  ``MEZO_RUN_EVAL_EVERY`` (steps / 10), ``MEZO_RUN_BATCH`` (16), ``MEZO_RUN_EPS`` (1e-3),
+  ``MEZO_RUN_DTYPE`` (``bfloat16``: SGLang 0.5.17's CUDA RMSNorm has no float32 kernel; the
+  masters MeZO updates are float32 whatever the model's dtype);
 - ``MEZO_RUN_LR``: one learning rate, or several (``1e-6,3e-6,1e-5``): then each runs
   ``MEZO_RUN_SELECT_STEPS`` (500) steps on the first seed of k = ``MEZO_RUN_SELECT_K`` (the largest
   k) and the best dev accuracy (ties: the smaller rate) is used for the grid;
@@ -97,13 +99,15 @@ def test_decoder_mezo_real_run(real_assets, runner_factory, tmp_path, record_pro
         for k in {*ks, select_k}:
             rt.write_kshot(sentences, data, k=k, seeds=seeds, test_size=test_size)
 
-    live = runner_factory.get(model=str(model_dir), dtype="float32")
+    dtype = _setting("DTYPE", "bfloat16")[0]
+    live = runner_factory.get(model=str(model_dir), dtype=dtype)
     prompt = DecoderPrompt(AutoTokenizer.from_pretrained(model_dir))
     lm = SGLangCausalLM(live.model_runner)
     objective = mezo.PromptObjective(lm, prompt.label_word_ids)
     initial = mezo.canonical_state(lm.views)
     test = prompt.encode_all(sst2.load_kshot(data, ks[0], seeds[0])["test"])
-    hf = HFCausalLM(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(live.device).eval())
+    hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    hf = HFCausalLM(hf_model.to(live.device).eval())
     zero_shot = {
         name: mezo.MeZO(model.views, mezo.PromptObjective(model, prompt.label_word_ids), lr=0.0, eps=eps).evaluate(
             test, 50
@@ -112,8 +116,10 @@ def test_decoder_mezo_real_run(real_assets, runner_factory, tmp_path, record_pro
     }
     del hf
     (out / "zero_shot.json").write_text(json.dumps(zero_shot))
-    assert zero_shot["runner"][0] == pytest.approx(zero_shot["hf"][0], rel=1e-3), zero_shot
-    assert abs(zero_shot["runner"][1] - zero_shot["hf"][1]) <= 0.005, zero_shot  # near-ties may flip
+    # Two implementations in bfloat16 differ by ~1e-2 relative; near-ties may flip a prediction.
+    loss_rel, accuracy_points = (1e-3, 0.005) if dtype == "float32" else (3e-2, 0.02)
+    assert zero_shot["runner"][0] == pytest.approx(zero_shot["hf"][0], rel=loss_rel), zero_shot
+    assert abs(zero_shot["runner"][1] - zero_shot["hf"][1]) <= accuracy_points, zero_shot
     try:
         lr = rates[0]
         if len(rates) > 1:
@@ -140,7 +146,9 @@ def test_decoder_mezo_real_run(real_assets, runner_factory, tmp_path, record_pro
 
         def save(result: dict) -> None:
             name = f"run_k{result['k']}_seed{result['seed']}.json"
-            (out / name).write_text(json.dumps(dict(protocol.record(result), lr=lr, eps=eps, model=model_dir.name)))
+            (out / name).write_text(
+                json.dumps(dict(protocol.record(result), lr=lr, eps=eps, dtype=dtype, model=model_dir.name))
+            )
 
         results = protocol.run_grid(
             _make_optimizer(lm, objective, initial, lr, eps), prompt, data, ks, seeds, on_result=save, **options

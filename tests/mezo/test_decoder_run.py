@@ -41,7 +41,7 @@ def test_the_real_corpus_reads_where_it_is_installed():
 
 
 @pytest.mark.sglang(model="embedded-llama", dtype="float32", attention_backend="torch_native")
-def test_kshot_protocol_on_the_embedded_decoder(runner, tmp_path, record_property):
+def test_kshot_protocol_on_the_embedded_decoder(float32_decoder, runner, tmp_path, record_property):
     """Zero-shot, then MeZO with dev-based selection (`protocol.run_kshot`), on the runner's decoder."""
     from transformers import AutoTokenizer
 
