@@ -69,8 +69,9 @@ def test_the_record_lists_every_shared_architecture():
     """A new SGLang or transformers that shares another architecture needs a new record."""
     from pytest_sglang_runner.models.tiny import shared_architectures
 
-    recorded = coverage.load_recorded(RECORDED, "cpu", VERSION)
-    assert recorded is not None, f"no CPU record for SGLang {VERSION}: python bench/arch_sweep.py --record"
+    key = MODES[0][0]  # this machine's first mode: cpu, or cuda-graphs on a GPU
+    recorded = coverage.load_recorded(RECORDED, key, VERSION)
+    assert recorded is not None, f"no {key} record for SGLang {VERSION}: python bench/arch_sweep.py --record"
     assert sorted(recorded["architectures"]) == shared_architectures()
 
 
