@@ -37,7 +37,10 @@ case $call in
       --shapes 16xrt --steps 40 --warmup 20 2>&1 | grep -vE '^(WARNING|INFO|\[)' | tee "$OUT/bench_smollm2.txt"
     python3 - "$OUT/bench_smollm2.txt" "$STEP_BUDGET_S" > /tmp/assets/steps <<'PY'
 import sys
-ms = next(float(l.split("|")[2]) for l in open(sys.argv[1]) if l.startswith("| **kit MeZO step on the runner**"))
+from pathlib import Path
+sys.path.insert(0, "bench")
+from decoder_run_report import bench_step_ms  # the one reader of mezo_step.py's table
+ms = bench_step_ms(Path(sys.argv[1]))["runner"]
 print(max(500, min(5000, int(float(sys.argv[2]) * 1000 / (5 * ms * 1.2)) // 500 * 500)))  # 20% for evaluations
 PY
     echo "steps per run: $(cat /tmp/assets/steps)" | tee "$OUT/steps.txt"

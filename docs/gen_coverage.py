@@ -1,6 +1,6 @@
 """Writes docs/coverage.md from the recorded outcomes in docs/coverage/ (`bench/arch_sweep.py --record`
-writes them; tests/test_coverage.py checks the page equals this output and that every architecture
-still ends as recorded).
+writes them; tests/test_docs.py checks the page equals this output, tests/test_coverage.py that every
+architecture still ends as recorded).
 
     python docs/gen_coverage.py > docs/coverage.md
 """

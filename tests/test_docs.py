@@ -1,5 +1,5 @@
 """The docs site builds in strict mode (a broken link, a missing anchor or a page left out of the
-nav fails), its reference page is the one the code generates, and its troubleshooting page names
+nav fails), its reference and coverage pages are what the code and the coverage records generate, and its troubleshooting page names
 every exception class of the kit and every option the kit's errors name; its numbers page names
 only scripts and result files that are committed, and every page quoting a result."""
 
@@ -10,16 +10,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_reference_page_is_generated_from_the_code():
+@pytest.mark.parametrize(
+    "page, generator",
+    [
+        ("reference.md", "gen_reference.py"),
+        ("coverage.md", "gen_coverage.py"),
+    ],  # from the code; from the coverage records
+)
+def test_the_generated_pages_are_current(page, generator):
     generated = subprocess.run(
-        [sys.executable, str(ROOT / "docs" / "gen_reference.py")], capture_output=True, text=True, check=True
+        [sys.executable, str(ROOT / "docs" / generator)], capture_output=True, text=True, check=True
     ).stdout
-    assert (ROOT / "docs" / "reference.md").read_text() == generated, (
-        "run: python docs/gen_reference.py > docs/reference.md"
-    )
+    assert (ROOT / "docs" / page).read_text() == generated, f"run: python docs/{generator} > docs/{page}"
 
 
 def test_the_docs_site_builds_in_strict_mode(tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Callable
 
 from ..paths import models_cache_dir  # noqa: F401  (its old home; conftests import it here)
 from .words import NEGATIVE_WORDS, NEUTRAL_WORDS, POSITIVE_WORDS, train_bpe  # noqa: F401  (names tests import here)
@@ -164,28 +165,39 @@ def embedded_model_written(root: Path, name: str) -> bool:
     return (Path(root) / bytes_key() / name / "model.safetensors").is_file()
 
 
-def ensure_embedded_model(root: Path, name: str = "embedded-roberta", announce=None) -> Path:
-    """The embedded model ``name`` under ``root/bytes_key()``, written by the first process to get
-    there (file-locked) and reused after. ``announce(text)`` is told when this call writes it
-    (seconds, embedded-llama's training up to a minute on a loaded machine)."""
+def write_once(target: Path, write: Callable[[Path], object], done: str = "model.safetensors", announce=None) -> Path:
+    """``write(staging)`` into ``target`` unless a complete copy is there (``target/done``):
+    file-locked across processes (xdist workers, concurrent runs), written into ``target.partial``
+    (one a killed writer left is removed first) and renamed into place, so no reader sees half a
+    model. ``announce()`` is called when this call writes it."""
     from filelock import FileLock
 
-    writer = _writers()[name]
-    root = Path(root) / bytes_key()
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / name
-    with FileLock(str(root / f"{name}.lock")):
-        if not (target / "model.safetensors").is_file():
-            staging = root / f"{name}.partial"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.with_suffix(".lock"))):
+        if not (target / done).is_file():
+            staging = target.with_suffix(".partial")
             if staging.exists():
                 import shutil
 
                 shutil.rmtree(staging)
             if announce is not None:
-                announce(f"writing the embedded model {name} (once per machine, under {root})")
-            writer(staging)
+                announce()
+            write(staging)
             staging.rename(target)
     return target
+
+
+def ensure_embedded_model(root: Path, name: str = "embedded-roberta", announce=None) -> Path:
+    """The embedded model ``name`` under ``root/bytes_key()``, written by the first process to get
+    there (`write_once`) and reused after. ``announce(text)`` is told when this call writes it
+    (seconds, embedded-llama's training up to a minute on a loaded machine)."""
+    root = Path(root) / bytes_key()
+    tell = (
+        None
+        if announce is None
+        else lambda: announce(f"writing the embedded model {name} (once per machine, under {root})")
+    )
+    return write_once(root / name, _writers()[name], announce=tell)
 
 
 def fingerprint(directory: Path) -> str:

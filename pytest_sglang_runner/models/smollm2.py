@@ -55,16 +55,8 @@ def write_smollm2(directory: Path) -> Path:
 
 def ensure_smollm2() -> Path:
     """`write_smollm2` into the kit's model cache, keyed by the versions the bytes depend on like
-    the embedded models; written once, reused after (a ``.partial`` directory until complete)."""
+    the embedded models; written once (`embedded.write_once`), reused after."""
     from ..paths import models_cache_dir
-    from .embedded import bytes_key
+    from .embedded import bytes_key, write_once
 
-    directory = models_cache_dir() / bytes_key() / "smollm2-135m-instruct-fp32"
-    if not (directory / "model.safetensors").is_file():
-        staging = directory.with_suffix(".partial")
-        if staging.exists():
-            import shutil
-
-            shutil.rmtree(staging)
-        write_smollm2(staging).rename(directory)
-    return directory
+    return write_once(models_cache_dir() / bytes_key() / "smollm2-135m-instruct-fp32", write_smollm2)

@@ -273,20 +273,13 @@ def _widen_lm_head(model, ids, target_std: float) -> dict:
 
 
 def write_tiny_checkpoint(architecture: str, directory, **overrides) -> Path:
-    """A tiny random float32 checkpoint of ``architecture`` in ``directory`` (kept when already written
-    with the same architecture, overrides and transformers version); returns the directory."""
+    """A tiny random float32 checkpoint of ``architecture`` in ``directory``, its recipe's key and
+    margins in ``tiny.json``; returns the directory."""
     import torch
     import transformers
     from transformers import GenerationConfig
 
     directory = Path(directory)
-    key = _key(architecture, overrides)
-    stamp = directory / "tiny.json"
-    try:
-        if json.loads(stamp.read_text()).get("key") == key:
-            return directory
-    except (OSError, ValueError):
-        pass
     tokenizer = build_decoder_tokenizer(directory)
     config = tiny_config(architecture, len(tokenizer), **overrides)
     with torch.random.fork_rng(devices=[]):
@@ -295,7 +288,8 @@ def write_tiny_checkpoint(architecture: str, directory, **overrides) -> Path:
     margins = _widen_lm_head(model, tokenizer(MARGIN_PROMPT)["input_ids"], LOGIT_STD)
     model.generation_config = GenerationConfig(bos_token_id=0, eos_token_id=1, pad_token_id=3)
     model.save_pretrained(str(directory), safe_serialization=True)
-    stamp.write_text(json.dumps(dict(key=key, architecture=architecture, overrides=overrides, **margins), indent=1))
+    stamp = dict(key=_key(architecture, overrides), architecture=architecture, overrides=overrides, **margins)
+    (directory / "tiny.json").write_text(json.dumps(stamp, indent=1))
     return directory
 
 
@@ -303,21 +297,11 @@ def tiny_checkpoint(architecture: str, root: Path | None = None, **overrides) ->
     """A tiny checkpoint of ``architecture`` in the kit's model cache (``root``, default the user's),
     written once per recipe, overrides and transformers version, file-locked across processes
     (xdist workers) and renamed into place complete; ``--sglang-model tiny:ARCH`` builds on it."""
-    from filelock import FileLock
-
     from ..paths import models_cache_dir
-    from .embedded import bytes_key
+    from .embedded import bytes_key, write_once
 
     check_tiny_architecture("tiny_checkpoint", architecture)
-    base = Path(root or models_cache_dir()) / bytes_key() / "tiny"
-    base.mkdir(parents=True, exist_ok=True)
-    target = base / f"{architecture}-{_key(architecture, overrides)}"
-    with FileLock(str(target.with_suffix(".lock"))):
-        if not (target / "tiny.json").is_file():
-            staging = target.with_suffix(".partial")
-            if staging.exists():
-                import shutil
-
-                shutil.rmtree(staging)
-            write_tiny_checkpoint(architecture, staging, **overrides).rename(target)
-    return target
+    target = Path(root or models_cache_dir()) / bytes_key() / "tiny" / f"{architecture}-{_key(architecture, overrides)}"
+    return write_once(
+        target, lambda staging: write_tiny_checkpoint(architecture, staging, **overrides), done="tiny.json"
+    )
