@@ -4,6 +4,8 @@
 #   bash bench/run_gpu.sh LABEL [PYTEST ARGS...]      (default: LABEL=suite, the whole of tests/)
 #   BENCH=1 bash bench/run_gpu.sh ...                 (then the MeZO benchmark, docs/performance.md)
 #   BENCH_DECODER=1 bash bench/run_gpu.sh ...         (then the decoder MeZO benchmark)
+#   BENCH_LOGPROBS=1 bash bench/run_gpu.sh ...        (then the kit's prefill and decode step against bench_one_batch)
+#   BENCH_GUARD=1 bash bench/run_gpu.sh ...           (then the cost of the check between tests)
 # Writes $OUT/machine.txt, $OUT/pytest_gpu_LABEL.log and $OUT/junit_LABEL.xml, and the output of each
 # example project that tests/test_examples.py runs (as written for a GPU) to $OUT/examples/FOLDER.log.
 set -uo pipefail
@@ -50,5 +52,20 @@ if [ "${BENCH_DECODER:-0}" = 1 ]; then
       --shapes "${BENCH_DECODER_SHAPES:-16x128,64x48,16xrt,64xrt}" --shared-prefix $prefix --steps 40 --warmup 40 \
       --profile "$OUT/profile_decoder_prefix$prefix.txt" 2>&1 \
       | grep -vE '^(WARNING|INFO|\[)' | tee "$OUT/bench_decoder_prefix$prefix.txt"
+  done
+fi
+# The kit's prefill and decode step, with and without top-k logprobs, against SGLang's own
+# bench_one_batch on the same runner (issue #23): Llama-3.2-1B's shape, bf16, graphs on and off.
+if [ "${BENCH_LOGPROBS:-0}" = 1 ]; then
+  python3 bench/logprob_cost.py --device cuda --profile "$OUT/profile_logprobs.txt" 2>&1 \
+    | grep -vE '^(WARNING|INFO|\[)' | tee "$OUT/bench_logprobs.txt"
+  python3 bench/logprob_cost.py --device cuda --eager 2>&1 \
+    | grep -vE '^(WARNING|INFO|\[)' | tee "$OUT/bench_logprobs_eager.txt"
+fi
+# The check between tests (issue #24): two weight fingerprints against a typical decoder test.
+if [ "${BENCH_GUARD:-0}" = 1 ]; then
+  for model in "" --llama-1b; do
+    PYTHONPATH=.:bench python3 bench/guard_cost.py --device cuda $model 2>&1 \
+      | grep -vE '^(WARNING|INFO|\[)' | tee -a "$OUT/bench_guard.txt"
   done
 fi

@@ -71,3 +71,7 @@ class SGLangTimeout(SGLangRunnerError):
 
 class ServiceRestarted(UserWarning):
     """An Engine or server died during an earlier test and was started again for this one."""
+
+
+class SlotsLeftTaken(UserWarning):
+    """A test left KV or request slots taken outside the kit's own batch; the kit freed them."""

@@ -111,17 +111,37 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
-def parse_server_args(option: str, items: Any) -> dict[str, str]:
-    """``KEY=VALUE`` strings (or a mapping) into a dict; values are typed later, against ServerArgs."""
+SERVER_ARG_EXAMPLE = "chunked_prefill_size=512"
+
+
+def _server_arg_example(option: str) -> str:
+    """``--sglang-arg chunked_prefill_size=512``, or ``sglang(arg='chunked_prefill_size=512')``."""
+    if option.endswith("...)"):
+        return option.replace("...", repr(SERVER_ARG_EXAMPLE))
+    return f"{option} {SERVER_ARG_EXAMPLE}"
+
+
+def parse_server_args(option: str, items: Any) -> dict[str, Any]:
+    """ServerArgs fields into a dict; values are typed later, against ServerArgs. One string is
+    one ``KEY=VALUE`` (a marker's ``arg="k=v"``: iterated, it would be its characters), a list or
+    tuple holds many, a mapping is taken as it is. ``option`` names where they were given:
+    ``--sglang-arg`` (the flag and the ini key), or ``sglang(arg=...)`` / ``sglang(server_args=...)``."""
     if isinstance(items, Mapping):
         return {str(k): v for k, v in items.items()}
-    parsed: dict[str, str] = {}
-    for item in items or ():
-        key, sep, value = str(item).partition("=")
+    if isinstance(items, str):
+        items = [items]
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+        raise SpecError(
+            f"{option} {items!r}: expected a 'KEY=VALUE' string, a list of them or a dict, "
+            f"e.g. {_server_arg_example(option)}"
+        )
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key.isidentifier():
             raise SpecError(
-                f"{option} {item!r}: expected KEY=VALUE with a ServerArgs field name, e.g. {option} chunked_prefill_size=512"
+                f"{option} {item!r}: expected KEY=VALUE with a ServerArgs field name, e.g. {_server_arg_example(option)}"
             )
         parsed[key] = value.strip()
     return parsed
@@ -211,14 +231,20 @@ OPTIONS_BY_FIELD = {option.field: option for option in OPTIONS}
 RUN_SETTINGS = frozenset(option.field for option in OPTIONS if not option.in_spec)
 
 
-def _flag(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise SpecError(f"@pytest.mark.sglang(every_rank={value!r}): expected True or False")
-    return value
+def _flag(name: str) -> Callable[[Any], bool]:
+    def parse(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise SpecError(f"@pytest.mark.sglang({name}={value!r}): expected True or False")
+        return value
+
+    return parse
 
 
 # Marker-only settings of a test (how it runs), not of its runner: checked, never part of the spec.
-TEST_SETTINGS: dict[str, Callable[[Any], Any]] = {"every_rank": _flag}
+TEST_SETTINGS: dict[str, Callable[[Any], Any]] = {
+    "every_rank": _flag("every_rank"),
+    "mutates_weights": _flag("mutates_weights"),
+}
 
 
 def _check_server_arg_name(key: str, kit_settings: Any) -> None:
@@ -267,7 +293,7 @@ class RunnerSpec:
             elif key in TEST_SETTINGS:
                 TEST_SETTINGS[key](value)
             elif key in ("arg", "server_args"):
-                extra.update(parse_server_args("sglang(server_args=...)", value))
+                extra.update(parse_server_args(f"sglang({key}=...)", value))
             elif key in known:
                 changes[key] = OPTIONS_BY_FIELD[key].parse(value)
             else:

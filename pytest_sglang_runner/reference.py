@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .results import Generation, TokenLogprob, check_arguments
+from .results import Generation, Sampling, TokenLogprob, check_arguments
 from .tokens import Tokenized
 
 _DTYPES = {"float32", "float16", "bfloat16"}
@@ -99,6 +99,11 @@ class HFRunner(Tokenized):
         """Per sequence ``[len_i, vocab]`` logits (causal LMs: position i predicts token i+1)."""
         return [self._forward(ids) for ids in self.token_lists(inputs)]
 
+    def full_logits(self, inputs) -> list:
+        """The same as `logits`, under the name `Forward.full_logits` has (a runner's `logits` gives
+        a decoder's last position only)."""
+        return self.logits(inputs)
+
     def next_token_logits(self, inputs):
         """``[batch, vocab]``: each sequence's last-position logits, as `ForwardResult.next_token_logits`."""
         import torch
@@ -112,14 +117,47 @@ class HFRunner(Tokenized):
         top_logprobs: int | None = 5,
         stop_token_ids=(),
         ignore_eos: bool = False,
+        temperature: float = 0.0,
+        top_k: int = -1,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        seed: int | None = None,
     ) -> list[Generation]:
-        """Greedy continuations from transformers' ``generate``, shaped like `Forward.generate`'s."""
+        """Continuations from transformers' ``generate``, shaped like `Forward.generate`'s.
+
+        Greedy by default; otherwise transformers samples with its own temperature, top_k, top_p,
+        min_p and repetition_penalty (its repetition penalty also counts the prompt's tokens,
+        SGLang's only the output's). transformers has no frequency or presence penalty: a
+        non-zero one is a ValueError. ``seed`` seeds torch's generators (``torch.manual_seed``)
+        before the first prompt, so the same call with the same seed gives the same tokens.
+        """
         check_arguments(max_new_tokens, top_logprobs)
+        sampling = Sampling(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            seed=seed,
+        )
+        for name in ("frequency_penalty", "presence_penalty"):
+            if getattr(sampling, name):
+                raise ValueError(f"{name}={getattr(sampling, name)!r}: transformers' generate has no {name}; use 0")
         stops = set() if ignore_eos else self.eos_token_ids | {int(t) for t in stop_token_ids}
-        return [self._generate_one(ids, max_new_tokens, top_logprobs, stops) for ids in self.token_lists(prompts)]
+        token_lists = self.token_lists(prompts)
+        if seed is not None:
+            import torch
+
+            torch.manual_seed(seed)
+        return [self._generate_one(ids, max_new_tokens, top_logprobs, stops, sampling) for ids in token_lists]
 
     def _generate_one(
-        self, prompt: list[int], max_new_tokens: int, top_logprobs: int | None, stops: set[int]
+        self, prompt: list[int], max_new_tokens: int, top_logprobs: int | None, stops: set[int], sampling: Sampling
     ) -> Generation:
         import copy
 
@@ -129,7 +167,12 @@ class HFRunner(Tokenized):
         # None would fall back to the checkpoint's EOS; an id past the vocabulary never stops.
         never = [self.model.get_output_embeddings().weight.shape[0]]
         config.update(
-            do_sample=False,
+            do_sample=not sampling.greedy,
+            temperature=sampling.temperature if not sampling.greedy else 1.0,
+            top_k=None if sampling.top_k == -1 else sampling.top_k,
+            top_p=sampling.top_p,
+            min_p=sampling.min_p or None,
+            repetition_penalty=sampling.repetition_penalty,
             num_beams=1,
             max_new_tokens=max_new_tokens,
             min_new_tokens=None,

@@ -245,18 +245,22 @@ def test_a_user_test_needs_only_sglang_forward_and_hf_runner(pytester, runner_fa
 def test_tensor_parallel_prefill_and_generate_give_the_tp1_results(runner_factory, decoder_dtype):
     """Rank 0 runs prefill and decodes; the peer ranks replay the same calls, so their collectives line up."""
     tp1 = runner_factory.get(model="embedded-llama", dtype=decoder_dtype).forward
-    prefill_one, one = (
+    prefill_one, full_one, one = (
         tp1.logits(PROMPTS).float(),
+        tp1.full_logits(PROMPTS),
         tp1.generate(PROMPTS, max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True),
     )
     tp2 = runner_factory.get(model="embedded-llama", dtype=decoder_dtype, tp=2).forward
-    prefill_two, two = (
+    prefill_two, full_two, two = (
         tp2.logits(PROMPTS).float(),
+        tp2.full_logits(PROMPTS),  # the peers gather their halves of the LM head too
         tp2.generate(PROMPTS, max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True),
     )
     # Next-token logits after the prompt: TP=2 sums each row in two halves, so equal to float rounding.
     tolerance = 1e-4 if decoder_dtype == "float32" else 5e-2
     assert (prefill_two - prefill_one).abs().max().item() <= tolerance * prefill_one.abs().max().item()
+    for a, b in zip(full_two, full_one):
+        assert a.shape == b.shape and (a - b).abs().max().item() <= tolerance * b.abs().max().item()
     assert [g.output_ids for g in two] == [g.output_ids for g in one] and all(
         len(g.output_ids) == MAX_NEW_TOKENS for g in one
     )

@@ -37,7 +37,7 @@ class Page:
 
 PAGES = {
     "README.md": Page((), 2),
-    "docs/decoders.md": Page(("--sglang-model", "embedded-llama", "--sglang-dtype", "float32"), 6),
+    "docs/decoders.md": Page(("--sglang-model", "embedded-llama", "--sglang-dtype", "float32"), 10),
     "docs/index.md": Page((), 2),
     "docs/initialisation.md": Page((), 1),
     "docs/services.md": Page((), 2, run_by="tests/test_services.py"),

@@ -18,8 +18,8 @@ LAYERS = (
     ("version adapter", {"sglang_compat"}),
     ("settings and process helpers", {"options", "model_dir", "devices", "ports", "timeouts"}),
     ("models", {"models"}),
-    ("runner, references, comparisons", {"runner", "reference", "compare"}),
-    ("services, MeZO, coverage", {"services", "mezo", "coverage"}),
+    ("runner, references, comparisons", {"runner", "reference", "compare", "sampling", "snapshots", "invariance"}),
+    ("services, MeZO, coverage, two configs", {"services", "mezo", "coverage", "ab"}),
     ("pytest plugins", {"plugin", "mezo_plugin"}),
     (
         "the package and its old module paths",

@@ -221,6 +221,48 @@ def test_marker_overrides_are_checked_like_options():
     assert spec.dtype == "bfloat16" and spec.server_args == (("chunked_prefill_size", 64),)
 
 
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("chunked_prefill_size=512", {"chunked_prefill_size": "512"}),  # one string: one field, not its characters
+        (
+            ["chunked_prefill_size=512", "enable-torch-compile = false"],
+            {"chunked_prefill_size": "512", "enable_torch_compile": "false"},
+        ),
+        (("chunked_prefill_size=512",), {"chunked_prefill_size": "512"}),
+        ({"chunked_prefill_size": 512}, {"chunked_prefill_size": 512}),
+    ],
+)
+@pytest.mark.parametrize("key", ["arg", "server_args"])
+def test_a_markers_server_args_are_one_key_value_string_a_list_of_them_or_a_dict(key, value, expected):
+    assert dict(RunnerSpec().with_overrides(**{key: value}).server_args) == expected
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (
+            512,
+            "sglang(arg=...) 512: expected a 'KEY=VALUE' string, a list of them or a dict, e.g. sglang(arg='chunked_prefill_size=512')",
+        ),
+        (None, "sglang(arg=...) None: expected a 'KEY=VALUE' string"),
+        (
+            ["chunked_prefill_size=512", 2],
+            "sglang(arg=...) ['chunked_prefill_size=512', 2]: expected a 'KEY=VALUE' string",
+        ),
+        (
+            "chunked_prefill_size",
+            "sglang(arg=...) 'chunked_prefill_size': expected KEY=VALUE with a ServerArgs field name, e.g. sglang(arg='chunked_prefill_size=512')",
+        ),
+        (["2x=1"], "sglang(arg=...) '2x=1': expected KEY=VALUE with a ServerArgs field name"),
+    ],
+)
+def test_a_bad_marker_arg_names_the_argument_and_the_form_it_takes(value, expected):
+    with pytest.raises(SpecError) as raised:
+        RunnerSpec().with_overrides(arg=value)
+    assert str(raised.value).startswith(expected)
+
+
 def test_mezo_options_exist_only_where_the_mezo_plugin_is_loaded(pytester):
     plain = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--help")
     assert "--sst2-dir" not in plain.stdout.str() and "sglang-model" in plain.stdout.str()

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from pytest_sglang_runner import assert_logprobs_close, assert_tokens_equal
+from pytest_sglang_runner.plugin import services_key
 
 ON_GPU = torch.cuda.is_available()
 LLAMA = pytest.mark.sglang(model="embedded-llama", dtype="bfloat16" if ON_GPU else "float32")
@@ -184,6 +185,20 @@ def test_the_engine_changes_nothing_in_the_pytest_process(state_before_the_engin
     for what in before:
         assert after[what] == before[what], what
     assert [a for a in _group_listeners(sglang_engine.pid) if a.ip != "127.0.0.1"] == []
+    OWN_ENGINE_PIDS.append(sglang_engine.pid)
+
+
+OWN_ENGINE_PIDS = []
+
+
+@OWN_ENGINE  # the same config, so the same xdist group: it runs after the test above, on its worker
+def test_an_engine_no_later_test_needs_is_stopped_after_its_last_test(runner_factory, request):
+    """No test after the one above asks for its Engine: it was stopped at that test's teardown,
+    and its record says how much memory that gave back."""
+    (pid,) = OWN_ENGINE_PIDS
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    records = [r for r in request.config.stash[services_key].records if r.settings.endswith("max_total_tokens=2048")]
+    assert records and records[-1].freed_mib > 100  # the Engine's process tree (an import of SGLang alone is more)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,17 +310,19 @@ def test_deaths_and_failed_starts_give_clear_errors_and_leave_nothing(
     ):
         found = re.search(line, output, re.M)
         assert found and found.start() < sections, (line, output)
-    # The Engine stops at the session's finish, before the summary that gives its stop time.
-    stopping = re.search(r"^sglang-runner: stopping SGLang Engine \(pid \d+\)$", output, re.M)
-    assert stopping, output
-    assert re.search(r"^sglang-runner: SGLang [\d.]+ Engine for ", output[stopping.end() :], re.M), output
+    # The Engine and the server stop after their last test, not at the session's end: no later test needs them.
+    for service in ("server", "Engine"):
+        stopping = re.search(
+            rf"sglang-runner: stopping SGLang {service} \(pid \d+\): no later test needs it$", output, re.M
+        )
+        assert stopping and stopping.start() < sections, (service, output)
 
     # The summary: each config's line of its own, the service ones with their start and stop times.
     builds = [line for line in result.outlines if line.startswith("sglang-runner: SGLang ") and " built " in line]
     assert len(builds) == 2, builds
     assert re.fullmatch(r".* attention, tp 1: 1 build in [\d.]+ s", builds[0]), builds
     assert re.fullmatch(r".* attention, tp 1, max_total_tokens=2048: 1 build in [\d.]+ s", builds[1]), builds
-    times = r"2 starts in [\d.]+, [\d.]+ s, 2 stops in (?P<dead>[\d.]+), [\d.]+ s"
+    times = r"2 starts in [\d.]+, [\d.]+ s, 2 stops in (?P<dead>[\d.]+), [\d.]+ s, stopped after its last test, \d+ MiB freed"
     for service in ("Engine", "server"):
         line = re.search(SERVICE_LINE.format(service=service, settings="", times=times), output, re.M)
         assert line, (service, output)

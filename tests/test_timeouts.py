@@ -238,6 +238,11 @@ def test_build_hang(hang_in_next_build, runner):
     pass
 
 
+@pytest.mark.sglang(timeout=3)
+def test_the_hang_is_remembered_within_its_limit(runner):
+    pass
+
+
 def test_fresh_runner_after_build_hang(sglang_live, runner_factory):
     assert_fresh_runner(sglang_live, runner_factory)
 
@@ -411,10 +416,15 @@ def test_a_forward_that_hangs_fails_with_the_stacks_and_the_next_test_gets_a_fre
     record_property("forward_timeout_seconds", round(hung_session.report("test_forward_hang", "call")["seconds"], 1))
 
 
-def test_a_build_that_hangs_fails_with_the_stacks_and_the_next_test_builds_again(hung_session, record_property):
+def test_a_build_that_hangs_fails_with_the_stacks_is_remembered_and_a_longer_limit_builds_again(
+    hung_session, record_property
+):
     assert_timed_out(hung_session, "test_build_hang", "setup", "build", 3, "hang_in_model_init")
     assert "[@pytest.mark.sglang(timeout=3)]" in hung_session.report("test_build_hang", "setup")["message"]
-    assert_passed(hung_session, "test_fresh_runner_after_build_hang")
+    remembered = hung_session.report("test_the_hang_is_remembered_within_its_limit", "setup")
+    assert remembered["outcome"] == "failed" and remembered["seconds"] < 1, remembered
+    assert "this config's build ran past the 3 s limit earlier in this session" in remembered["message"]
+    assert_passed(hung_session, "test_fresh_runner_after_build_hang")  # its limit is longer: tried again
     record_property("build_timeout_seconds", round(hung_session.report("test_build_hang", "setup")["seconds"], 1))
 
 
@@ -459,4 +469,4 @@ def test_the_hung_session_leaves_no_process_and_no_port_lock(hung_session, recor
     record_property("hung_session_seconds", round(hung_session.seconds, 1))
     assert hung_session.processes_left == []
     assert hung_session.lock_files_left == 0
-    assert len({test for test, _ in hung_session.reports}) == 11, hung_session.output[-5000:]  # every inner test ran
+    assert len({test for test, _ in hung_session.reports}) == 12, hung_session.output[-5000:]  # every inner test ran

@@ -105,6 +105,29 @@ def test_an_unknown_marker_key_fails_its_test_with_a_did_you_mean(pytester):
     assert "Traceback" not in output
 
 
+ARG_MARKERS = """
+import pytest
+
+@pytest.mark.sglang(arg="chunked_prefill_size=64")
+def test_one_string(sglang_model_path):
+    pass
+
+@pytest.mark.sglang(arg=64)
+def test_not_a_string(sglang_model_path):
+    pass
+"""
+
+
+def test_a_marker_arg_string_is_one_field_and_anything_else_fails_its_test(pytester):
+    pytester.makepyfile(test_arg=ARG_MARKERS)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=1)
+    assert (
+        "sglang(arg=...) 64: expected a 'KEY=VALUE' string, a list of them or a dict, "
+        "e.g. sglang(arg='chunked_prefill_size=512') [@pytest.mark.sglang(arg=64)]" in result.stdout.str()
+    )
+
+
 @pytest.mark.parametrize(
     "call, expected",
     [

@@ -10,14 +10,16 @@ import pytest
 
 from .. import devices, ports, timeouts
 from ..errors import SpecError
-from ..options import OPTIONS, RunnerSpec, spec_from_values
+from ..options import OPTIONS, RunnerSpec
 from ..paths import models_cache_dir
 from ..runner import RunnerFactory
 from ..services import ServiceFactory
 from ..sglang_compat import process
-from .keys import factory_fixtures_key, factory_key, services_key
+from .guard import RunnerGuard
+from .keys import factory_fixtures_key, factory_key, guard_key, services_key
+from .lifetimes import ServiceLifetimes
 from .report import progress_writer
-from .settings import FactoryFixtures
+from .settings import FactoryFixtures, spec_from_config
 from .xdist import XdistSupport
 
 MARKERS = (
@@ -54,18 +56,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="skip every test that uses a runner, Engine or server (e.g. on machines without SGLang)",
     )
+    group.addoption(
+        "--sglang-pristine-weights",
+        action="store_true",
+        default=None,
+        help="keep a host-memory copy of the runner's weights, to put back what a test changed without a rebuild",
+    )
     parser.addini("sglang_skip", "skip every test that uses a runner, Engine or server", type="bool", default=False)
+    parser.addini(
+        "sglang_pristine_weights",
+        "keep a copy of the runner's weights to restore after a test",
+        type="bool",
+        default=False,
+    )
     parser.addini("sglang_gpu_alias", "honour the old gpu(n) marker as sglang_gpu(n)", type="bool", default=True)
-
-
-def spec_from_config(config: pytest.Config) -> RunnerSpec:
-    """Command line over ini key over default."""
-
-    def value(option):
-        given = config.getoption(option.ini)
-        return given if given is not None else (config.getini(option.ini) or None)
-
-    return spec_from_values(value)
 
 
 def _check_server_args(spec: RunnerSpec) -> None:
@@ -97,6 +101,8 @@ def pytest_configure(config: pytest.Config) -> None:
         limit = timeouts.limit_from_config(config)
         _check_server_args(spec)
         if not hasattr(config, "workerinput") and _xdist_workers(config) > 0:
+            # The run's TP; the TPs of markers and factory fixtures are known only to the workers,
+            # which check them after their collection (collection._gpu_share).
             devices.check_gpus_suffice(spec.device, _xdist_workers(config), spec.tp)
         else:
             devices.check_device_at_startup(spec.device)
@@ -115,6 +121,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[factory_key] = factory
     config.stash[services_key] = services = ServiceFactory(factory, progress=factory.progress)
     config.stash[factory_fixtures_key] = factory_fixtures = FactoryFixtures()
+    pristine = config.getoption("sglang_pristine_weights") or config.getini("sglang_pristine_weights")
+    config.stash[guard_key] = guard = RunnerGuard(factory, keep_pristine=bool(pristine))
+    config.pluginmanager.register(guard, "sglang-runner-guard")
+    config.pluginmanager.register(
+        ServiceLifetimes(services, factory, factory_fixtures), "sglang-runner-service-lifetimes"
+    )
     config.pluginmanager.register(factory_fixtures, "sglang-runner-factory-fixtures")  # sees every conftest as it loads
     config.add_cleanup(ports.sweep_stale_lock_files)  # runs after factory.close: files of crashed peers too
     config.add_cleanup(process.ignore_swig_warnings)  # after every catch_warnings: holds at the interpreter's exit

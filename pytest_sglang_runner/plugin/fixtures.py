@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import pytest
 
+from ..ab import ConfigComparison, OutputCache, check_not_mixed
 from ..errors import RunnerBuildError, SGLangRunnerError
 from ..runner import LiveRunner, RunnerFactory
 from ..runner.ranks import RankContext
 from ..services import EngineService, ServerService, ServiceFactory
-from .keys import factory_fixtures_key, factory_key, services_key
-from .settings import TestSettings, marker_text
+from .keys import compare_cache_key, factory_fixtures_key, factory_key, guard_key, services_key
+from .settings import TEST_CONFIG_FIXTURES, TestSettings, marker_text
 
 if TYPE_CHECKING:  # neither is imported before a test asks for a runner
     from sglang.srt.model_executor.model_runner import ModelRunner
@@ -53,12 +54,15 @@ def fail_setup(request: pytest.FixtureRequest, exc: BaseException) -> NoReturn:
 def live_runner_for(
     request: pytest.FixtureRequest, runner_factory: RunnerFactory, factory_overrides: dict | None = None
 ) -> LiveRunner:
-    """The live runner of the requesting test's config (or of a factory fixture's), with its KV pool empty."""
+    """The live runner of the requesting test's config (or of a factory fixture's), with its KV pool
+    empty, fingerprinted for the check of what the test leaves behind (`guard`)."""
     try:
-        live = runner_factory.get(**settings_for(request, factory_overrides).factory_kwargs())
+        settings = settings_for(request, factory_overrides)
+        live = runner_factory.get(**settings.factory_kwargs())
     except SGLangRunnerError as exc:
         fail_setup(request, exc)
     live.forward.release()
+    request.config.stash[guard_key].watch(request.node, live, settings.mutates_weights)
     return live
 
 
@@ -134,6 +138,20 @@ def hf_runner(request: pytest.FixtureRequest, runner_factory: RunnerFactory) -> 
     """The test's checkpoint in HF transformers, in the runner's dtype and on its device, with the
     runner's method names and result types (`generate`, `next_token_logits`); cached per model."""
     return hf_runner_for(request, runner_factory)
+
+
+@pytest.fixture
+def sglang_compare(request: pytest.FixtureRequest, runner_factory: RunnerFactory) -> ConfigComparison:
+    """``sglang_compare(prompts, baseline={...}, candidate={...})``: the same prompts through two
+    runner configs (overrides of this test's settings), failing with a table that names both
+    (`ab.ConfigComparison`); each config's outputs are kept for the session, per prompt set."""
+    try:
+        check_not_mixed(request.fixturenames, TEST_CONFIG_FIXTURES)
+        settings = settings_for(request)
+    except SGLangRunnerError as exc:
+        fail_setup(request, exc)
+    cache = request.config.stash.setdefault(compare_cache_key, OutputCache())
+    return ConfigComparison(runner_factory, settings.factory_kwargs(), cache)
 
 
 def _service(request: pytest.FixtureRequest, start):

@@ -70,6 +70,8 @@ def _times(records: list[dict]) -> str:
     parts = [_count(started, "start")] if started else []
     parts += [_count(failed, "failed start")] if failed else []
     parts += [_count(stops, "stop")] if stops else []
+    freed = [r["freed_mib"] for r in records if r.get("freed_mib") is not None]
+    parts += [f"stopped after its last test, {freed[-1]:.0f} MiB freed"] if freed else []
     return ", ".join(parts)
 
 

@@ -16,7 +16,18 @@ import pytest
 
 from .. import timeouts
 from ..errors import SpecError
-from ..options import TEST_SETTINGS
+from ..options import TEST_SETTINGS, RunnerSpec, spec_from_values
+
+
+def spec_from_config(config: pytest.Config) -> RunnerSpec:
+    """Command line over ini key over default."""
+
+    def value(option):
+        given = config.getoption(option.ini)
+        return given if given is not None else (config.getini(option.ini) or None)
+
+    return spec_from_values(value)
+
 
 # The fixtures that give the test's own config (no factory fixture's).
 TEST_CONFIG_FIXTURES = frozenset({"runner", "sglang_live", "sglang_forward", "sglang_rank"})
@@ -132,6 +143,7 @@ class TestSettings:
     overrides: dict[str, Any] = field(default_factory=dict)
     timeout: float | None = None
     every_rank: bool = False
+    mutates_weights: bool = False  # the test changes the runner's weights on purpose (`guard`)
 
     @classmethod
     def of(
@@ -151,8 +163,8 @@ class TestSettings:
             factory_overrides = named[0][1] if named else {}
         merged = {**factory_overrides, **marker_overrides(item)}
         timeout, merged = timeouts.split_limit(merged)
-        every_rank = TEST_SETTINGS["every_rank"](merged.pop("every_rank")) if "every_rank" in merged else False
-        return cls(merged, timeout, every_rank)
+        flags = {name: parse(merged.pop(name)) for name, parse in TEST_SETTINGS.items() if name in merged}
+        return cls(merged, timeout, **flags)
 
     def factory_kwargs(self) -> dict[str, Any]:
         """What `RunnerFactory.get` and the `ServiceFactory` take: the overrides and the limit."""

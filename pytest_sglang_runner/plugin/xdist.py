@@ -1,9 +1,16 @@
-"""pytest-xdist: loadgroup by default, ``xdist_group`` honoured on pytest 9.2 with node ids that
-stay plain, and the workers' build records brought back for the summary."""
+"""pytest-xdist: loadgroup by default, ``-n auto`` as many workers as the GPUs hold, ``xdist_group``
+honoured on pytest 9.2 with node ids that stay plain, and the workers' build records brought back
+for the summary."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+from .. import devices
+from ..errors import SpecError
+from .settings import spec_from_config
 
 CONFIG_GROUP_PREFIX = "sglang-config-"  # the kit's xdist groups: one per non-default config
 
@@ -11,10 +18,31 @@ CONFIG_GROUP_PREFIX = "sglang-config-"  # the kit's xdist groups: one per non-de
 @pytest.hookimpl(wrapper=True)
 def pytest_cmdline_main(config: pytest.Config):
     """With ``-n`` and no ``--dist``, xdist's loadgroup: each non-default config runs on one
-    worker (its ``xdist_group``), so it is built once; default-config tests spread as usual."""
+    worker (its ``xdist_group``), so it is built once; default-config tests spread as usual.
+    Runs before xdist's own ``pytest_cmdline_main``, which resolves ``-n auto`` (`GpuWorkerCount`)."""
     if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) == "no":
         config.option.dist = "loadgroup"
+    if getattr(config.option, "numprocesses", None) in ("auto", "logical"):
+        config.pluginmanager.register(GpuWorkerCount(), "sglang-runner-xdist-auto")
     return (yield)
+
+
+class GpuWorkerCount:
+    """``-n auto`` / ``-n logical`` on CUDA: as many workers as the GPUs hold the run's TP groups
+    (`devices.auto_workers`), not one per CPU core, which the GPU check would refuse on a machine
+    with more cores than GPUs. On the CPU, and where ``PYTEST_XDIST_AUTO_NUM_WORKERS`` is set,
+    xdist's own count stands. Registered in ``pytest_cmdline_main``: the plugin's ``pytest_configure``
+    comes after xdist asked for the count."""
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_auto_num_workers(self, config: pytest.Config) -> int | None:
+        if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+            return None
+        try:
+            spec = spec_from_config(config)
+        except SpecError:  # pytest_configure reports it as a usage error
+            return None
+        return devices.auto_workers(spec.device, spec.tp)
 
 
 class XdistSupport:

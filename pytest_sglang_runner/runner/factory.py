@@ -118,6 +118,7 @@ class RunnerFactory:
     progress: Callable[[str], None] = lambda text: None  # told what a slow first build waits for
     _live: LiveRunner | None = None
     _failed: dict = field(default_factory=dict)
+    _hung: dict = field(default_factory=dict)  # spec -> the limit its build ran past
     _hf_models: dict = field(default_factory=dict)
     _hf_runners: dict = field(default_factory=dict)
     _plans: dict = field(default_factory=dict)
@@ -134,8 +135,9 @@ class RunnerFactory:
 
         ``timeout=SECONDS`` among the overrides (the marker's) bounds this call's teardown and
         build and the runner's forwards from now on, in place of the run's limit; it is no part of
-        the spec, so it never causes a rebuild. A build that times out is not remembered as failed:
-        the next test tries again (the hang may have been the machine's)."""
+        the spec, so it never causes a rebuild. A build that timed out is remembered with its
+        limit, as a failed one is: a later test of the config fails at once unless it allows a
+        longer limit (a hang costs the limit once, and a longer limit is the way to retry)."""
         limit, overrides = timeouts.split_limit(overrides)
         limit = self.timeout_s if limit is None else limit
         spec = spec or self.spec_for(**overrides)
@@ -145,6 +147,11 @@ class RunnerFactory:
         if spec in self._failed:  # fail fast instead of rebuilding for every test
             failure = self._failed[spec]
             raise type(failure)(str(failure)) from failure.__cause__
+        if limit and self._hung.get(spec, 0) >= limit:
+            raise RunnerBuildError(
+                f"this config's build ran past the {self._hung[spec]:g} s limit earlier in this session; it is not tried "
+                f"again within the same limit: give it longer with {timeouts.HOW_TO_RAISE}"
+            )
         self.close(timeout=limit)
         # Said before the build's log takes the output (a line written inside it would undo that).
         first = not process.sglang_imported()
@@ -158,6 +165,9 @@ class RunnerFactory:
         except (SpecError, RunnerBuildError, UnsupportedSGLang) as exc:
             drop_frames(exc)  # remembered below: keep no frame of the build alive
             self._failed[spec] = exc
+            raise
+        except timeouts.SGLangTimeout:
+            self._hung[spec] = limit
             raise
         if first:
             self.progress(f"built in {self._live.record.seconds:.1f} s (later builds in this process skip the import)")

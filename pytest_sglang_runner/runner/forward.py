@@ -11,18 +11,20 @@ again (MeZO runs one batch twice per step); only one prepared batch lives at a t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from .. import timeouts
 from ..model_io import MaskedLMOutput
-from ..results import Generation
+from ..results import Generation, Sampling
 from ..sglang_compat import batches
+from ..sglang_compat.logits import capture_full_logits
 from ..tokens import Tokenized
 from . import limits
 from .generate import check_request
-from .generate import generate as generate_greedy
+from .generate import generate as generate_tokens
 
 
 @dataclass
@@ -84,6 +86,7 @@ class PreparedBatch:
     token_lists: list[list[int]]
     packed: Any
     hidden_states: bool
+    full_logits: bool = False  # a decoder's logits at every position, not only the last
     released: bool = False
 
 
@@ -158,14 +161,17 @@ class Forward(Tokenized):
             raise RuntimeError("a prepared batch is still alive: release() it before preparing another")
 
     @_bounded("forward")
-    def prepare(self, inputs, hidden_states: bool = False) -> PreparedBatch:
-        """Allocate KV slots and pack the batch; it can then be `run` any number of times."""
+    def prepare(self, inputs, hidden_states: bool = False, full_logits: bool = False) -> PreparedBatch:
+        """Allocate KV slots and pack the batch; it can then be `run` any number of times.
+        ``full_logits``: a decoder's run also gives every position's logits (`ForwardResult.logits`)."""
         self._check_no_live_batch()
         token_lists = self.token_lists(inputs)
         limits.check_batch(self.runner, token_lists)  # before any rank starts
-        self._mirror("prepare", token_lists, hidden_states=hidden_states)
+        if full_logits and not self.runner.is_generation:
+            raise ValueError("full_logits=True is for decoders; this model's forward gives its logits already")
+        self._mirror("prepare", token_lists, hidden_states=hidden_states, full_logits=full_logits)
         packed = batches.pack_batch(self.runner, token_lists, capture_hidden=hidden_states)
-        self._live = PreparedBatch(token_lists, packed, hidden_states)
+        self._live = PreparedBatch(token_lists, packed, hidden_states, full_logits)
         return self._live
 
     @_bounded("forward")
@@ -177,9 +183,13 @@ class Forward(Tokenized):
         import torch
 
         self._mirror("run")
-        with torch.no_grad():
+        capture = capture_full_logits(self.runner) if prepared.full_logits else contextlib.nullcontext([])
+        with torch.no_grad(), capture as full:
             raw = batches.run_packed(self.runner, prepared.packed)
-        return _interpret(raw, [len(ids) for ids in prepared.token_lists], self.runner.is_generation)
+        result = _interpret(raw, [len(ids) for ids in prepared.token_lists], self.runner.is_generation)
+        if prepared.full_logits:
+            (result.packed_logits,) = full
+        return result
 
     @_bounded("forward")
     def release(self, prepared: PreparedBatch | None = None) -> None:
@@ -194,8 +204,8 @@ class Forward(Tokenized):
             self._live = None
 
     @_bounded("forward")
-    def __call__(self, inputs, hidden_states: bool = False) -> ForwardResult:
-        prepared = self.prepare(inputs, hidden_states=hidden_states)
+    def __call__(self, inputs, hidden_states: bool = False, full_logits: bool = False) -> ForwardResult:
+        prepared = self.prepare(inputs, hidden_states=hidden_states, full_logits=full_logits)
         try:
             return self.run(prepared)
         finally:
@@ -205,6 +215,13 @@ class Forward(Tokenized):
         """Per-token logits per sequence (masked LMs), else last-token logits ``[batch, vocab]``."""
         result = self(inputs)
         return result.logits if result.packed_logits is not None else result.next_token_logits
+
+    def full_logits(self, inputs) -> list:
+        """Per sequence ``[len_i, vocab]`` logits at every position, decoders and masked LMs alike
+        (a decoder's position i predicts token i+1), as `HFRunner.full_logits` gives them."""
+        if not self.runner.is_generation:
+            return self(inputs).logits
+        return self(inputs, full_logits=True).logits
 
     def hidden_states(self, inputs):
         return self(inputs, hidden_states=True).hidden_states
@@ -220,12 +237,22 @@ class Forward(Tokenized):
         top_logprobs: int | None = 5,
         stop_token_ids=(),
         ignore_eos: bool = False,
+        temperature: float = 0.0,
+        top_k: int = -1,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        seed: int | None = None,
     ) -> list[Generation]:
-        """Greedy continuations, one `Generation` per prompt (texts or token lists, any lengths).
+        """Continuations, one `Generation` per prompt (texts or token lists, any lengths).
 
         One extend batch, then decode steps through ``ModelRunner.forward`` (captured CUDA graphs
         when the runner has them); each sequence stops at its EOS, a stop token or
-        ``max_new_tokens``. ``top_logprobs=None`` skips logprobs.
+        ``max_new_tokens``. ``top_logprobs=None`` skips logprobs. Greedy by default; otherwise
+        SGLang's sampler picks each token with these sampling parameters (`results.Sampling`
+        gives their ranges), and the same ``seed`` gives the same tokens on the same device.
         """
         if not self.runner.is_generation:
             raise ValueError(
@@ -234,15 +261,25 @@ class Forward(Tokenized):
             )
         self._check_no_live_batch()
         token_lists = self.token_lists(prompts)
-        check_request(self.runner, token_lists, max_new_tokens, top_logprobs)  # before any rank starts
+        sampling = Sampling(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            seed=seed,
+        )  # a bad value is a ValueError here, before any rank starts
+        check_request(self.runner, token_lists, max_new_tokens, top_logprobs)
         options = dict(
             max_new_tokens=max_new_tokens,
             top_logprobs=top_logprobs,
             stop_token_ids=tuple(stop_token_ids),
             ignore_eos=ignore_eos,
         )
-        self._mirror("generate", token_lists, **options)
-        results = generate_greedy(self.runner, token_lists, **options)
+        self._mirror("generate", token_lists, **options, **dataclasses.asdict(sampling))  # the peers sample alike
+        results = generate_tokens(self.runner, token_lists, **options, sampling=sampling)
         for result in results:
             result.text = self.decode(result.output_ids)
         return results

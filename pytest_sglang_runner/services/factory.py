@@ -28,6 +28,7 @@ class ServiceRecord(BuildRecord):
     service: str  # "Engine" or "server"
     failed: bool = False
     stop_seconds: float | None = None
+    freed_mib: float | None = None  # stopped after its last test: the memory that gave back (GPU's on CUDA)
 
 
 @dataclass
@@ -135,6 +136,22 @@ class ServiceFactory:
             kwargs, device=device, timeout_s=limit, reservation=slot.reservations[2], progress=self.progress
         ).start()
 
+    def stop_early(self, name: str, spec: RunnerSpec) -> None:
+        """Stop ``name``'s service (``sglang_engine`` or ``sglang_server``) if it runs ``spec``: no
+        later test needs it. Its record keeps the memory that gave back: the GPU's free memory
+        before and after on CUDA (on one GPU it is the runner's to use), else the process tree's."""
+        slot = self._engine if name == "sglang_engine" else self._server
+        if slot.live is None or slot.spec != spec:
+            return
+        record, process = slot.record, getattr(slot.live, "process", None)
+        gpu = self.runners.plan(spec).gpu_ids[0] if self.runners.plan(spec).device == "cuda" else None
+        before = _free_gpu_mib(gpu) if gpu is not None else (process.resident_mib() if process else None)
+        if process is not None:
+            self._say(f"stopping SGLang {process.name} (pid {process.pid}): no later test needs it")
+        slot.stop()
+        if record is not None and before is not None:
+            record.freed_mib = _free_gpu_mib(gpu) - before if gpu is not None else before
+
     @property
     def held_ports(self) -> set[int]:
         """The ports the live Engine and server hold reserved (released when they stop)."""
@@ -165,3 +182,9 @@ def describe(record) -> str:
         f"{what} {get('model')} on {get('device')}, {get('dtype')}, {get('attention_backend')} attention, "
         f"tp {get('tp')}{', ' + settings if settings else ''}"
     )
+
+
+def _free_gpu_mib(gpu: int) -> float:
+    import torch
+
+    return torch.cuda.mem_get_info(gpu)[0] / 2**20

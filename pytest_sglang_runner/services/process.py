@@ -158,19 +158,14 @@ class HostedProcess:
                 raise self.failure(f"was not {what} within {timeout_s:g} s (--sglang-timeout)")
             time.sleep(POLL_S)
 
-    def group_running(self) -> bool:
-        """Something of the host's process group still runs: a member that is not a zombie (a
-        zombie has closed its files and sockets and freed its memory; reaping it is init's job)."""
+    def _group_members(self) -> list[str] | None:
+        """The pids (as /proc names) of the host's process group that still run (a zombie has
+        closed its files and sockets and freed its memory; reaping it is init's job); None without procfs."""
         try:
             entries = os.listdir("/proc")
-        except OSError:  # no procfs: any member, zombies included
-            try:
-                os.killpg(self.pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                pass
-            return True
+        except OSError:
+            return None
+        members = []
         for entry in entries:
             if not entry.isdigit():
                 continue
@@ -180,8 +175,36 @@ class HostedProcess:
             except (OSError, IndexError):
                 continue  # gone meanwhile
             if int(fields[2]) == self.pid and fields[0] not in (b"Z", b"X"):
-                return True
-        return False
+                members.append(entry)
+        return members
+
+    def group_running(self) -> bool:
+        """Something of the host's process group still runs."""
+        members = self._group_members()
+        if members is not None:
+            return bool(members)
+        try:  # no procfs: any member, zombies included
+            os.killpg(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+    def resident_mib(self) -> float | None:
+        """The host's process group's resident memory, summed (shared pages counted in each
+        member); None without procfs."""
+        members = self._group_members()
+        if members is None:
+            return None
+        pages = 0
+        for entry in members:
+            try:
+                with open(f"/proc/{entry}/statm") as statm:
+                    pages += int(statm.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
     def terminate(self) -> None:
         """SIGTERM to the host alone, once (SGLang's server drains and exits, taking its children;

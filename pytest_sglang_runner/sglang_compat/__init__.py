@@ -11,7 +11,8 @@
   and experts, logit soft-cap, causal conv1d, the Mamba2 scan, attention sinks, MLA on torch_native),
   installed once per process for plain CPU runners and dispatching on the tensor's device;
 - `batches`: extend batches through the scheduler's own preparation, the runner's limits and KV pool;
-- `decoding`: greedy decode steps as the scheduler runs them;
+- `decoding`: decode steps as the scheduler runs them, greedy or sampled;
+- `logits`: every position's logits of a decoder, from SGLang's own logits processor;
 - `graphs`: one extend batch straight through ``runner.model``, eager or as a CUDA graph, exact or
   padded to a size bucket;
 - `attention`: the kit's encoder attention on the Triton kernel without SGLang's k/v copies;

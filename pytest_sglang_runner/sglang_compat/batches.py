@@ -3,7 +3,7 @@
 ``Req`` objects -> ``ScheduleBatch.init_new`` (with a tree cache that caches nothing, as in
 SGLang's ``benchmark/one_batch.py``) -> ``prepare_for_extend`` -> ``ForwardBatch.init_new`` ->
 ``ModelRunner.forward``. `PackedBatch` keeps one such batch to run again (the forward helper,
-MeZO); `decoding.GreedyBatch` decodes from one. Also here: the runner's limits and its KV pool.
+MeZO); `decoding.DecodeBatch` decodes from one. Also here: the runner's limits and its KV pool.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..model_io import kit_request
+from ..results import Sampling
 from .server_args import resolved
+
+GREEDY = Sampling()
 
 
 class _NoPrefixCache(types.SimpleNamespace):
@@ -69,22 +72,37 @@ def make_request(
     eos_token_ids=None,
     vocab_size: int | None = None,
     prefix_slots=None,
+    sampling: Sampling = GREEDY,
 ):
-    """A greedy request; ``top_logprobs=None`` asks for no logprobs at all. ``prefix_slots``: the KV
-    slots of the first ``len(prefix_slots)`` tokens, already computed (a shared prefix): only the
-    rest is extended, attending over those slots."""
+    """A request sampled as ``sampling`` says (greedy by default); ``top_logprobs=None`` asks for no
+    logprobs at all. ``prefix_slots``: the KV slots of the first ``len(prefix_slots)`` tokens,
+    already computed (a shared prefix): only the rest is extended, attending over those slots.
+
+    ``sampling.seed`` becomes SGLang's per-request ``sampling_seed`` where this SGLang has one; its
+    sampler reads it only under ``enable_deterministic_inference`` (`decoding.seeded` covers the rest)."""
     from sglang.srt.managers.schedule_batch import Req
     from sglang.srt.sampling.sampling_params import SamplingParams
 
-    sampling = SamplingParams(
-        temperature=0, max_new_tokens=max_new_tokens, stop_token_ids=set(stop_token_ids) or None, ignore_eos=ignore_eos
+    seed = {"sampling_seed": sampling.seed} if "sampling_seed" in SamplingParams.__struct_fields__ else {}
+    params = SamplingParams(
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        min_p=sampling.min_p,
+        repetition_penalty=sampling.repetition_penalty,
+        frequency_penalty=sampling.frequency_penalty,
+        presence_penalty=sampling.presence_penalty,
+        max_new_tokens=max_new_tokens,
+        stop_token_ids=set(stop_token_ids) or None,
+        ignore_eos=ignore_eos,
+        **seed,
     )
-    sampling.normalize(None)
+    params.normalize(None)
     req = Req(
         rid=str(index),
         origin_input_text="",
         origin_input_ids=array("q", token_ids),
-        sampling_params=sampling,
+        sampling_params=params,
         return_logprob=top_logprobs is not None,
         top_logprobs_num=top_logprobs or 0,
         eos_token_ids=eos_token_ids,
