@@ -1,7 +1,7 @@
 """What the check between tests costs (`plugin.guard`), against a typical decoder test, in one run.
 
-    PYTHONPATH=. python bench/guard_cost.py                       # CPU: the embedded decoder
-    PYTHONPATH=. python bench/guard_cost.py --device cuda --llama-1b   # GPU: Llama-3.2-1B's shape, bf16
+    PYTHONPATH=.:bench python bench/guard_cost.py                        # CPU: the embedded decoder
+    PYTHONPATH=.:bench python bench/guard_cost.py --device cuda --llama-1b  # GPU: Llama-3.2-1B's shape, bf16
 
 Each runner test pays for two fingerprints (`runner.guard.RunnerState.of`: every parameter's
 bytes summed as integers, one transfer back, plus the KV pool's free slots). A typical test here
@@ -12,24 +12,13 @@ logprobs. Target (issue #24): the two fingerprints under 2% of that test. Median
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
+
+from logprob_cost import LLAMA_3_2_1B_SHAPE, median_ms  # bench/ is on PYTHONPATH, as the docstring runs it
 
 PROMPTS = ["the film was", "the music and the film were very", "It", "this story is really good ! the acting"]
 TARGET = 0.02
-
-
-def median_ms(fn, repeats: int, sync) -> float:
-    times = []
-    for _ in range(repeats):
-        sync()
-        started = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -51,8 +40,6 @@ def main() -> None:
     cache = Path(tempfile.gettempdir()) / "pytest-sglang-runner-bench"
     model = "embedded-llama"
     if args.llama_1b:
-        from logprob_cost import LLAMA_3_2_1B_SHAPE
-
         from pytest_sglang_runner.models.embedded_llama import write_random_llama
 
         model = str(write_random_llama(Path(tempfile.mkdtemp(prefix="llama-1b-")), LLAMA_3_2_1B_SHAPE, dtype))

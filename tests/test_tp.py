@@ -161,6 +161,9 @@ def test_still_healthy_at_the_end(sglang_rank):
 )
 
 REPLAY_TESTS = """
+import os
+import signal
+
 import pytest
 
 
@@ -175,6 +178,18 @@ def test_rank0_forward_raises_before_any_collective(sglang_forward, runner, monk
 
 @pytest.mark.sglang(tp=2)
 def test_replay_works_again(sglang_forward):
+    assert sglang_forward([[0, 5, 6, 2]]).logits[0].isfinite().all()
+
+
+@pytest.mark.sglang(tp=2)
+def test_a_peer_killed_between_calls(sglang_live):
+    os.kill(sglang_live.peers.processes[0].pid, signal.SIGKILL)
+    sglang_live.peers.processes[0].join(10)
+    sglang_live.forward([[0, 5, 6, 2]])
+
+
+@pytest.mark.sglang(tp=2)
+def test_replay_works_after_the_kill(sglang_forward):
     assert sglang_forward([[0, 5, 6, 2]]).logits[0].isfinite().all()
 """
 
@@ -253,11 +268,17 @@ def test_rank_faults_fail_fast_name_the_rank_and_leave_a_fresh_group(inner_run, 
     assert tests["<end>"]["peers_after_close"] == []
 
 
-def test_a_replayed_forward_that_fails_on_rank0_does_not_poison_the_session(inner_run):
+def test_a_replayed_forward_that_fails_on_rank0_or_meets_a_killed_peer_does_not_poison_the_session(inner_run):
     result, tests = inner_run(test_replay=REPLAY_TESTS)
     first = tests["test_rank0_forward_raises_before_any_collective"]
     assert first["outcome"] == "failed" and "rank 0's model fails before its first collective" in first["message"], (
         first
     )
     assert tests["test_replay_works_again"]["outcome"] == "passed", tests["test_replay_works_again"]
+    killed = tests["test_a_peer_killed_between_calls"]  # a RankFailure naming the rank, not a BrokenPipeError
+    assert killed["outcome"] == "failed", killed
+    assert "RankFailure: TP rank 1 was killed by signal 9 (SIGKILL) before rank 0's prepare()" in killed["message"], (
+        killed
+    )
+    assert tests["test_replay_works_after_the_kill"]["outcome"] == "passed", tests["test_replay_works_after_the_kill"]
     assert tests["<end>"]["peers_after_close"] == []

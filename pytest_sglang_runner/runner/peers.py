@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import timeouts
-from ..errors import RunnerBuildError
+from ..errors import RankFailure, RunnerBuildError
 from ..sglang_compat import bootstrap, process
 from . import ranks
 from .build import build_rank
@@ -108,8 +108,15 @@ class RankPeers:
     def mirror(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Replay rank 0's ``Forward.<method>(*args, **kwargs)`` on every peer."""
         command = PeerCommand("forward", method, args, kwargs)
-        for conn in self.conns:
-            conn.send(command)
+        for rank, (conn, peer) in enumerate(zip(self.conns, self.processes), start=1):
+            try:
+                conn.send(command)
+            except OSError as exc:  # the peer is gone: say which, not a BrokenPipeError
+                peer.join(1.0)
+                raise RankFailure(
+                    f"TP rank {rank} {ranks.describe_end(peer.exitcode)} before rank 0's {method}(): the runner "
+                    "is torn down, and the next test builds a fresh one"
+                ) from exc
 
     def dump_stacks_and_stop(self) -> None:
         """After a timeout: every peer writes its threads' stacks to stderr, then is killed (rank 0,

@@ -116,7 +116,7 @@ def call_test_function(context: RankContext, test: FunctionRef, arguments: dict[
 # On rank 0
 
 
-def _describe_end(exitcode: int | None) -> str:
+def describe_end(exitcode: int | None) -> str:
     if exitcode is None:
         return "ended its connection"
     if exitcode < 0:
@@ -152,7 +152,7 @@ class EveryRankCall:
             try:
                 conn.send(message)
             except OSError:
-                self.outcomes[rank] = ("ended", _describe_end(self.peers.processes[rank - 1].exitcode))
+                self.outcomes[rank] = ("ended", describe_end(self.peers.processes[rank - 1].exitcode))
         self._watcher = threading.Thread(target=self._watch, name="sglang-runner-every-rank", daemon=True)
         self._watcher.start()
 
@@ -198,7 +198,7 @@ class EveryRankCall:
                     )
                 except (EOFError, OSError):
                     process.join(1.0)
-                    self.outcomes[rank] = ("ended", _describe_end(process.exitcode))
+                    self.outcomes[rank] = ("ended", describe_end(process.exitcode))
                 if self.outcomes[rank][0] != "passed" and failed_at is None:
                     failed_at = time.monotonic()
 
