@@ -407,3 +407,43 @@ def test_a_host_goes_with_a_pytest_that_was_killed(embedded_llama):
             except ProcessLookupError:
                 pass
         reservation.release()
+
+
+SHARED_MEMORY_HOST = """
+import multiprocessing, os, time
+from multiprocessing import shared_memory
+
+from pytest_sglang_runner.sglang_compat.serving import _record_shared_memory
+
+_record_shared_memory()  # what every process of a hosted Engine or server does first
+from sglang.srt.managers import load_snapshot
+
+semaphore = multiprocessing.get_context("spawn").Semaphore()  # named, as SGLang's spawned processes make them
+segment = shared_memory.SharedMemory(create=True, size=64)
+path = load_snapshot.shm_path_for(f"ipc:///tmp/kit-shared-memory-{os.getpid()}")
+open(path, "w").close()  # SGLang's load-report file
+print("MADE", "/dev/shm/sem." + semaphore._semlock.name.lstrip("/"), "/dev/shm/" + segment._name.lstrip("/"), path, flush=True)
+time.sleep(1000)
+"""
+
+
+def test_the_shared_memory_of_a_killed_host_goes_at_its_stop(tmp_path):
+    """A SIGKILLed process cannot unlink its semaphores, shared memory or SGLang's load-report
+    file, and its group's resource tracker dies with it: the kit's record of what the group made
+    lets its stop unlink them (docs/reliability.md#shared-memory-sglang-leaves-behind)."""
+    from pytest_sglang_runner.services.process import HostedProcess
+
+    (tmp_path / "shared_memory_host.py").write_text(SHARED_MEMORY_HOST)
+    python_path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    host = HostedProcess("shared-memory", "shared_memory_host", device="cpu", env={"PYTHONPATH": python_path})
+    try:
+        deadline = time.monotonic() + 120
+        while "MADE" not in host.log_path.read_text():
+            assert host.alive and time.monotonic() < deadline, host.log_path.read_text()
+            time.sleep(0.2)
+        made = host.log_path.read_text().split("MADE", 1)[1].split()
+        assert len(made) == 3 and all(os.path.exists(name) for name in made), made
+        os.killpg(host.pid, signal.SIGKILL)
+    finally:
+        host.stop()
+    assert [name for name in made if os.path.exists(name)] == []

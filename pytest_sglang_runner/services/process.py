@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import ServiceError
-from ..sglang_compat.serving import SERVING_DEVICE_ENV
+from ..sglang_compat.serving import SERVING_DEVICE_ENV, SHARED_MEMORY_RECORD_ENV, remove_recorded_shared_memory
 
 LIFELINE_ENV = "PYTEST_SGLANG_LIFELINE_FD"  # a pipe the pytest process holds open while it lives
 LOG_TAIL_LINES = 30
@@ -52,11 +52,13 @@ class HostedProcess:
         self._terminated = False
         handle, path = tempfile.mkstemp(prefix=f"pytest-sglang-{name}-", suffix=".log")
         self.log_path = Path(path)
+        self.shared_memory_record = self.log_path.with_suffix(".shm")  # what the group's processes make there
         lifeline, self._lifeline = os.pipe()  # the host reads EOF here when pytest is gone, however it ended
         environment = {
             **os.environ,
             **(env or {}),
             SERVING_DEVICE_ENV: device,
+            SHARED_MEMORY_RECORD_ENV: str(self.shared_memory_record),
             LIFELINE_ENV: str(lifeline),
             "PYTHONUNBUFFERED": "1",
         }
@@ -242,6 +244,9 @@ class HostedProcess:
         if self._lifeline is not None:
             os.close(self._lifeline)
             self._lifeline = None
+        if not self.group_running():  # what a killed member could not unlink (a live one would still use it)
+            remove_recorded_shared_memory(str(self.shared_memory_record))
+            self.shared_memory_record.unlink(missing_ok=True)
         if not (died or self.log_quoted):
             self.log_path.unlink(missing_ok=True)
         self.stop_seconds = time.monotonic() - began

@@ -25,6 +25,7 @@ from .server_args import server_arg_fields
 from .shims import use_cpu_native_layers, use_loopback_rendezvous
 
 SERVING_DEVICE_ENV = "PYTEST_SGLANG_SERVING_DEVICE"  # set by the kit for the host and SGLang's children
+SHARED_MEMORY_RECORD_ENV = "PYTEST_SGLANG_SHARED_MEMORY_RECORD"  # where they note the shared memory they make
 
 
 def prepare_serving_process() -> None:
@@ -34,6 +35,65 @@ def prepare_serving_process() -> None:
     use_cpu_native_layers(device)  # for the life of the process: it builds one model (+ cpu_ops)
     use_loopback_rendezvous()  # the scheduler's dist rendezvous would listen on every interface
     _fill_config_gaps_on_load()
+    _record_shared_memory()
+
+
+def _record_shared_memory() -> None:
+    """Note each POSIX semaphore and shared-memory segment this process makes, and SGLang's
+    load-report file (``/dev/shm/sglang_loads_*``), in the kit's record: a process that is
+    SIGKILLed cannot unlink them, and its resource tracker dies with its group, so the kit
+    unlinks what the record names once the whole group is gone (`remove_recorded_shared_memory`)."""
+    import multiprocessing.resource_tracker as tracker
+
+    record = os.environ.get(SHARED_MEMORY_RECORD_ENV)
+    if not record or getattr(tracker.register, "_kit_records", False):
+        return
+
+    def note(kind: str, name: str) -> None:
+        with open(record, "a") as file:  # one short line per write: appends from many processes stay whole
+            file.write(f"{kind} {name}\n")
+
+    register = tracker.register
+
+    def recording_register(name, rtype):
+        note(rtype, name)
+        return register(name, rtype)
+
+    recording_register._kit_records = True
+    tracker.register = recording_register
+    try:  # SGLang releases with a load-report file (0.5.23)
+        from sglang.srt.managers import load_snapshot
+    except ImportError:
+        return
+    path_for = load_snapshot.shm_path_for
+
+    def recording_path_for(ipc_name):
+        path = path_for(ipc_name)
+        note("file", path)
+        return path
+
+    load_snapshot.shm_path_for = recording_path_for
+
+
+def remove_recorded_shared_memory(record: str) -> list[str]:
+    """Unlink what a dead process group's record names (those still there); their names."""
+    import _multiprocessing
+    import _posixshmem
+
+    unlink = {"semaphore": _multiprocessing.sem_unlink, "shared_memory": _posixshmem.shm_unlink, "file": os.unlink}
+    removed = []
+    try:
+        with open(record) as file:
+            entries = {tuple(line.split(" ", 1)) for line in file.read().splitlines() if " " in line}
+    except OSError:
+        return removed
+    for kind, name in sorted(entries):
+        try:
+            unlink[kind](name)
+            removed.append(name)
+        except (KeyError, OSError):  # unlinked already by its owner, or a kind the kit leaves alone
+            pass
+    return removed
 
 
 def _fill_config_gaps_on_load() -> None:
