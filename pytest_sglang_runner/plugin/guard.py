@@ -17,6 +17,7 @@ is fine). What changed is put right before the next test, and:
 from __future__ import annotations
 
 import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import pytest
@@ -41,12 +42,14 @@ class RunnerGuard:
     factory: RunnerFactory
     keep_pristine: bool = False  # a host-memory copy of the live runner's weights, to restore without a rebuild
     _watched: dict[pytest.Item, Watched] = field(default_factory=dict)
-    _pristine: dict[int, PristineWeights] = field(default_factory=dict)  # id(LiveRunner) -> its copy
+    # Which runner the copy is of: a weak reference, not an id (a later runner may reuse a freed one's id),
+    # and not the runner itself (that would keep a torn-down runner's weights in memory).
+    _pristine: tuple[weakref.ref, PristineWeights] | None = None
 
     def watch(self, item: pytest.Item, live: LiveRunner, mutates_weights: bool) -> None:
         """The runner as ``item`` receives it (its KV pool empty)."""
-        if self.keep_pristine and id(live) not in self._pristine:
-            self._pristine = {id(live): PristineWeights(live.model_runner.model)}  # the live runner's only
+        if self.keep_pristine and not self._copy_of(live):
+            self._pristine = (weakref.ref(live), PristineWeights(live.model_runner.model))
         self._watched[item] = Watched(live, RunnerState.of(live.model_runner), mutates_weights)
 
     def check(self, item: pytest.Item) -> list[str]:
@@ -69,14 +72,16 @@ class RunnerGuard:
         remedy = self._put_back(live, before, changed) if changed else None
         return problems + [remedy] if problems and remedy else problems
 
+    def _copy_of(self, live: LiveRunner) -> bool:
+        return self._pristine is not None and self._pristine[0]() is live
+
     def _put_back(self, live: LiveRunner, before: RunnerState, changed: list[str]) -> str:
         """The weights as they were: from the pristine copy when there is one, else by a rebuild."""
-        pristine = self._pristine.get(id(live))
-        if pristine is not None:
-            pristine.restore(live.model_runner.model, changed)
+        if self._copy_of(live):
+            self._pristine[1].restore(live.model_runner.model, changed)
             if not before.changed_weights(RunnerState.of(live.model_runner)):
                 return "the weights were put back from the pristine copy (--sglang-pristine-weights)"
-        self._pristine.pop(id(live), None)
+        self._pristine = None
         self.factory.close()
         return (
             "the runner was torn down: the next test of its config builds a fresh one "

@@ -144,7 +144,8 @@ class ServiceFactory:
         if slot.live is None or slot.spec != spec:
             return
         record, process = slot.record, getattr(slot.live, "process", None)
-        gpu = self.runners.plan(spec).gpu_ids[0] if self.runners.plan(spec).device == "cuda" else None
+        plan = self.runners.plan(spec)
+        gpu = plan.gpu_ids[0] if plan.device == "cuda" else None
         before = _free_gpu_mib(gpu) if gpu is not None else (process.resident_mib() if process else None)
         if process is not None:
             self._say(f"stopping SGLang {process.name} (pid {process.pid}): no later test needs it")
