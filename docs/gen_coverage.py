@@ -29,7 +29,13 @@ built on the runner and compared with HF transformers by the kit's rules:
 
 - CPU (float32): the next-token logits of four prompts within 1e-4 + 2e-5 × the largest logit of HF's, then a greedy decode
   of 8 tokens that passes the rank and tolerance rules and gives HF's tokens exactly;
-- GPU (bfloat16): the same decode under the logprob rules, with CUDA graphs and without.
+- GPU (bfloat16): the same decode under the logprob rules, with CUDA graphs and without, against
+  HF in float32, each tolerance twice the largest difference HF's own bfloat16 makes from its
+  float32 on the same prompts (at least 0.1 prompt, 0.12 output). The tiny checkpoints' logits
+  are scaled for clear top-1 margins, and bfloat16's error scales with them: HF's own bfloat16 is
+  0.3-0.5 off its float32 on a tiny Llama, so a fixed tolerance would judge bfloat16, not SGLang.
+  The rule passes a tiny Llama in bfloat16 on CPU and fails it once its final norm is scaled
+  by 1.1 (`tests/test_coverage.py`).
 
 Each architecture ends as **pass** or as a named reason. `tests/test_coverage.py` reruns every
 architecture in CI and fails when one ends otherwise than recorded, in either direction; a
@@ -53,7 +59,7 @@ def cell(outcome: dict | None, recorded: bool) -> str:
     if not recorded:
         return "not run yet"
     if outcome is None:
-        return "not in this record"
+        return "not shared in that run's SGLang and transformers"
     if outcome["status"] == "pass":
         return "**pass**"
     return f"{outcome['status'].removeprefix('fail ')}: {outcome['reason']}".replace("|", "\\|")

@@ -84,3 +84,24 @@ def test_tiny_checkpoints_are_cached_and_a_bad_name_is_named(tiny_checkpoint):
     assert tiny_checkpoint("Qwen3MoeForCausalLM") != first  # another recipe, another directory
     with pytest.raises(SpecError, match="tiny:MixtralForCausalLm: transformers .* did you mean MixtralForCausalLM"):
         tiny_checkpoint("MixtralForCausalLm")
+
+
+def test_the_bfloat16_rule_passes_bfloat16s_own_error_and_fails_a_tenth_more_logit_scale(runner_factory):
+    """bfloat16 is judged against HF in float32 with twice HF's own bfloat16 error as tolerance:
+    the tiny checkpoints' scaled logits put that error above the fixed tolerances (which would
+    judge bfloat16, not SGLang), and the rule still catches SGLang's logits scaled by 1.1. On CPU;
+    the GPU sweep runs the same rule."""
+    architecture = "LlamaForCausalLM"
+    record = coverage.check_architecture(runner_factory, architecture, dtype="bfloat16", device="cpu")
+    assert record["status"] == "pass", record
+    assert record["hf_bfloat16_error"]["output"] > coverage.BFLOAT16_TOLERANCES["decode_tolerance"], record
+    live = runner_factory.get(
+        **dict(coverage.RUNNER_SETTINGS, model=f"tiny:{architecture}", dtype="bfloat16", device="cpu")
+    )
+    live.model_runner.model.model.norm.weight.data.mul_(1.1)  # SGLang's side only: HF's model is its own
+    try:
+        damaged = coverage.check_architecture(runner_factory, architecture, dtype="bfloat16", device="cpu")
+    finally:
+        runner_factory.close()  # the damaged runner goes; the next test builds its own
+    assert damaged["status"] == "fail decode", damaged
+    assert "twice HF's own bfloat16 error" in coverage.reason_of(damaged)

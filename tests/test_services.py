@@ -10,8 +10,10 @@ import multiprocessing
 import os
 import re
 import signal
+import stat
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -410,8 +412,10 @@ def test_a_host_goes_with_a_pytest_that_was_killed(embedded_llama):
 
 
 SHARED_MEMORY_HOST = """
-import multiprocessing, os, time
+import multiprocessing, os, tempfile, time
 from multiprocessing import shared_memory
+
+import zmq
 
 from pytest_sglang_runner.sglang_compat.serving import _record_shared_memory
 
@@ -422,7 +426,11 @@ semaphore = multiprocessing.get_context("spawn").Semaphore()  # named, as SGLang
 segment = shared_memory.SharedMemory(create=True, size=64)
 path = load_snapshot.shm_path_for(f"ipc:///tmp/kit-shared-memory-{os.getpid()}")
 open(path, "w").close()  # SGLang's load-report file
+socket = zmq.Context().socket(zmq.PULL)  # an IPC socket named as SGLang's PortArgs name them
+ipc_name = tempfile.NamedTemporaryFile(delete=False).name
+socket.bind(f"ipc://{ipc_name}")
 print("MADE", "/dev/shm/sem." + semaphore._semlock.name.lstrip("/"), "/dev/shm/" + segment._name.lstrip("/"), path, flush=True)
+print("TEMP", ipc_name, tempfile.NamedTemporaryFile(delete=False).name, flush=True)
 time.sleep(1000)
 """
 
@@ -430,7 +438,9 @@ time.sleep(1000)
 def test_the_shared_memory_of_a_killed_host_goes_at_its_stop(tmp_path):
     """A SIGKILLed process cannot unlink its semaphores, shared memory or SGLang's load-report
     file, and its group's resource tracker dies with it: the kit's record of what the group made
-    lets its stop unlink them (docs/reliability.md#shared-memory-sglang-leaves-behind)."""
+    lets its stop unlink them (docs/reliability.md#shared-memory-sglang-leaves-behind). Its IPC
+    sockets and temporary files, which SGLang never removes, live in the host's own temporary
+    directory and go with it."""
     from pytest_sglang_runner.services.process import HostedProcess
 
     (tmp_path / "shared_memory_host.py").write_text(SHARED_MEMORY_HOST)
@@ -438,12 +448,15 @@ def test_the_shared_memory_of_a_killed_host_goes_at_its_stop(tmp_path):
     host = HostedProcess("shared-memory", "shared_memory_host", device="cpu", env={"PYTHONPATH": python_path})
     try:
         deadline = time.monotonic() + 120
-        while "MADE" not in host.log_path.read_text():
+        while "TEMP" not in host.log_path.read_text():
             assert host.alive and time.monotonic() < deadline, host.log_path.read_text()
             time.sleep(0.2)
-        made = host.log_path.read_text().split("MADE", 1)[1].split()
+        made, temporary = (line.split()[1:] for line in host.log_path.read_text().splitlines()[-2:])
         assert len(made) == 3 and all(os.path.exists(name) for name in made), made
+        assert stat.S_ISSOCK(os.stat(temporary[0]).st_mode) and os.path.isfile(temporary[1]), temporary
+        assert all(Path(name).parent == host.scratch for name in temporary), (temporary, host.scratch)
         os.killpg(host.pid, signal.SIGKILL)
     finally:
         host.stop()
-    assert [name for name in made if os.path.exists(name)] == []
+    assert [name for name in made + temporary if os.path.exists(name)] == []
+    assert not host.scratch.exists()

@@ -6,11 +6,15 @@ Its output goes to a log file, whose end is quoted when it fails; the kit remove
 stops a healthy host, and keeps it when the host died or failed to start. While it starts, the
 phases the host writes to that log (`report_phase`) are passed on to ``progress``, so that the
 terminal says what a start of half a minute or more is waiting for.
+Its temporary directory is a folder of its own, removed at its stop: SGLang names its IPC sockets
+with ``tempfile.NamedTemporaryFile(delete=False)`` and never removes them (five or more per start).
 """
 
 from __future__ import annotations
 
+import getpass
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,10 +57,13 @@ class HostedProcess:
         handle, path = tempfile.mkstemp(prefix=f"pytest-sglang-{name}-", suffix=".log")
         self.log_path = Path(path)
         self.shared_memory_record = self.log_path.with_suffix(".shm")  # what the group's processes make there
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"psr-{name}-"))  # its TMPDIR; short, for socket paths
         lifeline, self._lifeline = os.pipe()  # the host reads EOF here when pytest is gone, however it ended
         environment = {
             **os.environ,
+            **_caches_outside(tempfile.gettempdir()),
             **(env or {}),
+            "TMPDIR": str(self.scratch),
             SERVING_DEVICE_ENV: device,
             SHARED_MEMORY_RECORD_ENV: str(self.shared_memory_record),
             LIFELINE_ENV: str(lifeline),
@@ -74,6 +81,7 @@ class HostedProcess:
             )
         except BaseException:
             os.close(self._lifeline)
+            shutil.rmtree(self.scratch, ignore_errors=True)
             raise
         finally:
             os.close(handle)
@@ -247,6 +255,7 @@ class HostedProcess:
         if not self.group_running():  # what a killed member could not unlink (a live one would still use it)
             remove_recorded_shared_memory(str(self.shared_memory_record))
             self.shared_memory_record.unlink(missing_ok=True)
+            shutil.rmtree(self.scratch, ignore_errors=True)
         if not (died or self.log_quoted):
             self.log_path.unlink(missing_ok=True)
         self.stop_seconds = time.monotonic() - began
@@ -257,6 +266,18 @@ class HostedProcess:
             os.killpg(self.pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _caches_outside(temp_root: str) -> dict[str, str]:
+    """TorchInductor keeps its compile cache under the temporary directory; pinned where it is for
+    the pytest process, so that each host's private TMPDIR does not start it cold."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return {}
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid: the host computes its own
+        return {}
+    return {"TORCHINDUCTOR_CACHE_DIR": os.path.join(temp_root, f"torchinductor_{user}")}
 
 
 def report_phase(phase: str) -> None:

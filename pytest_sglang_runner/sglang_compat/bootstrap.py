@@ -106,10 +106,20 @@ def _build(server_args, *, tp_rank: int, gpu_id: int, dist_port: int, device: st
             nccl_port=dist_port,
             server_args=server_args,
         )
+    _init_mamba_backend(server_args)
     runner.alloc_memory_pool()
     runner.init_attention_backends()
     runner.init_cuda_graphs()
     return runner
+
+
+def _init_mamba_backend(server_args) -> None:
+    """The Mamba state-update kernel's backend, which SGLang's scheduler chooses at its start
+    (``Scheduler.init_mamba_backend``, both API generations): without it a Mamba layer's decode on
+    CUDA fails ("backend not initialized"), first in the CUDA-graph capture."""
+    from sglang.kernels.ops.mamba.triton_ops import initialize_mamba_selective_state_update_backend
+
+    initialize_mamba_selective_state_update_backend(server_args)
 
 
 def destroy_distributed_state() -> None:
