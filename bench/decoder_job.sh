@@ -31,7 +31,7 @@ case $call in
   2) ls /tmp/assets ;;
   3)
     export PYTHONPATH=$(bash bench/decoder_assets.sh install)${PYTHONPATH:+:$PYTHONPATH}
-    source .device/env.sh
+    source bench/device_env.sh
     model=$(python3 -c "from pytest_sglang_runner.models.smollm2 import ensure_smollm2; print(ensure_smollm2())")
     python3 bench/mezo_step.py --decoder --model $model --device cuda --dtype bfloat16 --attention-backend triton \
       --shapes 16xrt --steps 40 --warmup 20 2>&1 | grep -vE '^(WARNING|INFO|\[)' | tee "$OUT/bench_smollm2.txt"

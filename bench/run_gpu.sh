@@ -13,7 +13,7 @@ OUT=${OUT:-/tmp/gpu-run}
 label=${1:-suite}
 shift || true
 mkdir -p "$OUT"
-source .device/env.sh
+source bench/device_env.sh
 # SGLang 0.5.17 compiles some CUDA kernels with nvcc on first use (over a minute) into TVM-FFI's
 # cache under $HOME; pytester's inner runs get a fresh $HOME, so every process shares one cache.
 export TVM_FFI_CACHE_DIR=${TVM_FFI_CACHE_DIR:-/tmp/tvm-ffi-cache}

@@ -43,6 +43,7 @@ recorded failure is an xfail carrying its reason, never a silent skip. Regenerat
 
 ```bash
 python bench/arch_sweep.py --record          # docs/coverage/<device>-sglang-<version>.json
+bash bench/arch_sweep_gpu.sh                 # on the GPU machine: the two GPU columns' records
 python docs/gen_coverage.py > docs/coverage.md
 ```
 
