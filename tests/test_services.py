@@ -356,14 +356,20 @@ LIFELINE_PARENT = """
 import json, sys, time
 from pytest_sglang_runner.services.process import HostedProcess
 host = HostedProcess("server", "pytest_sglang_runner.services.server_host", [json.dumps(json.loads(sys.argv[1]))], device="cpu")
-print(host.pid, flush=True)
+print(host.pid, host.scratch, host.shared_memory_record, flush=True)
 time.sleep(600)
 """
 
 
+def _shm_path(kind: str, name: str) -> str:
+    """Where a recorded name lives under /dev/shm (a semaphore's file has the prefix ``sem.``)."""
+    return name if kind == "file" else "/dev/shm/" + ("sem." if kind == "semaphore" else "") + name.lstrip("/")
+
+
 def test_a_host_goes_with_a_pytest_that_was_killed(embedded_llama):
     """No cleanup of pytest's runs after SIGKILL: the host sees its lifeline pipe close and
-    kills its own process group (a server host would otherwise start SGLang and serve forever).
+    kills its own process group (a server host would otherwise start SGLang and serve forever),
+    after removing its temporary directory (SGLang's IPC sockets) and its recorded shared memory.
     The positive control first: while the parent lives, the host lives on past the start of its
     lifeline watch, starts SGLang's scheduler and detokenizer, and they are all still there a few
     seconds later (a lifeline that fired by itself would have taken the group); only then is the
@@ -386,7 +392,8 @@ def test_a_host_goes_with_a_pytest_that_was_killed(embedded_llama):
     )
     host = None
     try:
-        host = int(parent.stdout.readline())
+        host, scratch, record = parent.stdout.readline().split()
+        host = int(host)
         deadline = time.monotonic() + 300
         while len(_processes_in({host})) < 3:  # the host, SGLang's scheduler and detokenizer
             assert parent.poll() is None, "the parent ended by itself"
@@ -395,12 +402,18 @@ def test_a_host_goes_with_a_pytest_that_was_killed(embedded_llama):
             time.sleep(0.5)
         time.sleep(3)
         assert parent.poll() is None and len(_processes_in({host})) >= 3, "the host's group ended by itself"
+        sockets = [p for p in Path(scratch).iterdir() if stat.S_ISSOCK(p.lstat().st_mode)]
+        assert sockets, f"SGLang's IPC sockets are not in the host's temporary directory {scratch}"
+        made = [_shm_path(*line.split(" ", 1)) for line in Path(record).read_text().splitlines()]
+        assert made, "the host's group recorded no shared memory"  # SGLang may make a named file later
         parent.kill()
         parent.wait()
         deadline = time.monotonic() + 120
         while _processes_in({host}) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert [p.info for p in _processes_in({host})] == []
+        assert not Path(scratch).exists() and not Path(record).exists()
+        assert [name for name in made if os.path.exists(name)] == []
     finally:
         parent.kill()
         if host is not None and _processes_in({host}):  # a failed check leaves nothing behind either

@@ -27,6 +27,7 @@ from ..errors import ServiceError
 from ..sglang_compat.serving import SERVING_DEVICE_ENV, SHARED_MEMORY_RECORD_ENV, remove_recorded_shared_memory
 
 LIFELINE_ENV = "PYTEST_SGLANG_LIFELINE_FD"  # a pipe the pytest process holds open while it lives
+SCRATCH_ENV = "PYTEST_SGLANG_SCRATCH"  # the host's own temporary directory, which goes with it
 LOG_TAIL_LINES = 30
 POLL_S = 0.2
 STOP_WAIT_S = 10.0  # bound for a host asked to stop to exit, and for its killed group to be gone
@@ -64,6 +65,7 @@ class HostedProcess:
             **_caches_outside(tempfile.gettempdir()),
             **(env or {}),
             "TMPDIR": str(self.scratch),
+            SCRATCH_ENV: str(self.scratch),
             SERVING_DEVICE_ENV: device,
             SHARED_MEMORY_RECORD_ENV: str(self.shared_memory_record),
             LIFELINE_ENV: str(lifeline),
@@ -287,14 +289,25 @@ def report_phase(phase: str) -> None:
 
 def watch_lifeline() -> None:
     """In a host: when the pytest process that started it is gone (even SIGKILLed, so that no
-    cleanup of its ran), kill the host's whole process group. Nothing outlives the test run."""
+    cleanup of its ran), do the stop's cleanup itself (its temporary directory, the shared memory
+    its group recorded) and kill the host's whole process group. Nothing outlives the test run."""
     import threading
 
     fd = int(os.environ.pop(LIFELINE_ENV))
+    scratch, record = os.environ.get(SCRATCH_ENV), os.environ.get(SHARED_MEMORY_RECORD_ENV)
 
     def watch() -> None:
         while os.read(fd, 1):
             pass
-        os.killpg(os.getpgrp(), signal.SIGKILL)
+        try:  # names only: the group's processes, killed next, keep what they have open
+            if scratch:
+                shutil.rmtree(scratch, ignore_errors=True)
+            if record:
+                remove_recorded_shared_memory(record)
+                os.unlink(record)
+        except OSError:
+            pass
+        finally:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="pytest-lifeline", daemon=True).start()
