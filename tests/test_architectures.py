@@ -58,6 +58,24 @@ def test_an_unknown_architecture_is_named_with_the_sglang_version(runner_factory
     assert not torch.distributed.is_initialized()
 
 
+def test_an_attention_backend_sglang_refuses_for_the_architecture_is_a_usage_error(runner_factory):
+    """SGLang refuses triton (the kit's default on CUDA) for hybrid models whose first layer may not
+    be attention (Lfm2, NemotronH; seen on the H200): the option, SGLang's reason and the fix."""
+    with pytest.raises(SpecError) as failure:
+        runner_factory.get(
+            model="tiny:Lfm2ForCausalLM", attention_backend="triton", max_total_tokens=1024, max_mamba_cache_size=16
+        )
+    message = str(failure.value)
+    assert message.startswith(
+        f"--sglang-attention-backend triton: SGLang {installed_version()} refuses it for Lfm2ForCausalLM"
+    )
+    assert (
+        "first layer might not be an attention layer" in message
+        and "use --sglang-attention-backend flashinfer" in message
+    )
+    assert not torch.distributed.is_initialized()
+
+
 def test_gemma2_builds_through_the_config_translation_and_matches_hf(runner_factory, tmp_path):
     """SGLang's Gemma2 reads ``config.hidden_act``, which transformers 5 renamed (``hidden_activation``):
     the adapter translates it (`sglang_compat.config_gaps`), and on a plain CPU runner its final logit

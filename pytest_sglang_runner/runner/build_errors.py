@@ -96,6 +96,15 @@ def build_failure(plan: BuildPlan, exc: BaseException) -> Exception:
             f"{dtype_flag}: SGLang {version}'s CUDA kernels for {architecture} have no {refused} path "
             f"({cause}); use --sglang-dtype bfloat16 (or float16), or --sglang-device cpu for {refused}"
         )
+    backend = shims.refused_attention_backend(exc)
+    if backend is not None:
+        flag = (
+            f"--sglang-attention-backend {spec.attention_backend or backend + ' (the kit default on ' + device + ')'}"
+        )
+        return SpecError(
+            f"{flag}: SGLang {version} refuses it for {architecture} ({cause}); use --sglang-attention-backend "
+            "flashinfer (or fa3) on CUDA"
+        )
     op = shims.cpu_less_op(exc)
     if op is not None and device == "cpu":
         return SpecError(

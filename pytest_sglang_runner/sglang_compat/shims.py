@@ -57,6 +57,7 @@ _CPU_LAYER_FLAGS = (
 
 _DISPATCH_FAILURE = re.compile(r"failed to dispatch data type (\w+)")
 _NO_CPU_KERNEL = re.compile(r"Could not run '([\w:.]+)' with arguments from the 'CPU' backend")
+_BACKEND_REFUSED = re.compile(r"does not support (\w+) attention backend")
 _KV_POOL_TOO_SMALL = re.compile(r"(?:increase|raise) --mem-fraction-static", re.IGNORECASE)
 _TORCH_DTYPE_NAMES = {"Float": "float32", "Half": "float16", "BFloat16": "bfloat16", "Double": "float64"}
 
@@ -127,6 +128,13 @@ def refused_dtype(exc: BaseException) -> str | None:
     """The dtype a kernel refused to run ("failed to dispatch data type Float" -> "float32"), or None."""
     match = _search_chain(exc, _DISPATCH_FAILURE)
     return _TORCH_DTYPE_NAMES.get(match.group(1), match.group(1)) if match else None
+
+
+def refused_attention_backend(exc: BaseException) -> str | None:
+    """The attention backend SGLang refuses for this architecture ("Lfm2ForCausalLM does not
+    support triton attention backend, as the first layer might not be an attention layer"), or None."""
+    match = _search_chain(exc, _BACKEND_REFUSED)
+    return match.group(1) if match else None
 
 
 def cpu_less_op(exc: BaseException) -> str | None:
