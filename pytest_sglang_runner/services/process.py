@@ -28,6 +28,7 @@ from ..sglang_compat.serving import SERVING_DEVICE_ENV, SHARED_MEMORY_RECORD_ENV
 
 LIFELINE_ENV = "PYTEST_SGLANG_LIFELINE_FD"  # a pipe the pytest process holds open while it lives
 SCRATCH_ENV = "PYTEST_SGLANG_SCRATCH"  # the host's own temporary directory, which goes with it
+SHARED_MEMORY_RECORD = "shared-memory.record"  # in that directory
 LOG_TAIL_LINES = 30
 POLL_S = 0.2
 STOP_WAIT_S = 10.0  # bound for a host asked to stop to exit, and for its killed group to be gone
@@ -57,8 +58,8 @@ class HostedProcess:
         self._terminated = False
         handle, path = tempfile.mkstemp(prefix=f"pytest-sglang-{name}-", suffix=".log")
         self.log_path = Path(path)
-        self.shared_memory_record = self.log_path.with_suffix(".shm")  # what the group's processes make there
         self.scratch = Path(tempfile.mkdtemp(prefix=f"psr-{name}-"))  # its TMPDIR; short, for socket paths
+        self.shared_memory_record = self.scratch / SHARED_MEMORY_RECORD  # what the group's processes make in /dev/shm
         lifeline, self._lifeline = os.pipe()  # the host reads EOF here when pytest is gone, however it ended
         environment = {
             **os.environ,
@@ -255,9 +256,7 @@ class HostedProcess:
             os.close(self._lifeline)
             self._lifeline = None
         if not self.group_running():  # what a killed member could not unlink (a live one would still use it)
-            remove_recorded_shared_memory(str(self.shared_memory_record))
-            self.shared_memory_record.unlink(missing_ok=True)
-            shutil.rmtree(self.scratch, ignore_errors=True)
+            remove_leftovers(str(self.scratch))
         if not (died or self.log_quoted):
             self.log_path.unlink(missing_ok=True)
         self.stop_seconds = time.monotonic() - began
@@ -268,6 +267,13 @@ class HostedProcess:
             os.killpg(self.pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def remove_leftovers(scratch: str) -> None:
+    """What a host's group leaves that only names hold: the shared memory its record names, then its
+    temporary directory (SGLang's IPC sockets, the record itself)."""
+    remove_recorded_shared_memory(os.path.join(scratch, SHARED_MEMORY_RECORD))
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _caches_outside(temp_root: str) -> dict[str, str]:
@@ -294,19 +300,14 @@ def watch_lifeline() -> None:
     import threading
 
     fd = int(os.environ.pop(LIFELINE_ENV))
-    scratch, record = os.environ.get(SCRATCH_ENV), os.environ.get(SHARED_MEMORY_RECORD_ENV)
+    scratch = os.environ.get(SCRATCH_ENV)
 
     def watch() -> None:
         while os.read(fd, 1):
             pass
         try:  # names only: the group's processes, killed next, keep what they have open
             if scratch:
-                shutil.rmtree(scratch, ignore_errors=True)
-            if record:
-                remove_recorded_shared_memory(record)
-                os.unlink(record)
-        except OSError:
-            pass
+                remove_leftovers(scratch)
         finally:
             os.killpg(os.getpgrp(), signal.SIGKILL)
 
